@@ -1,0 +1,311 @@
+"""``@batch``: turn an ``async def`` written for one item into a batching function."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from numbers import Real
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+
+from ._loop import current_task, running_loop
+from ._state import CALLS, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Hashable
+
+__all__ = ["batch"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@overload
+def batch(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+@overload
+def batch(
+    *,
+    max_window: float = 0,
+    max_size: int | None = 100,
+    group_by: Callable[..., Hashable] | None = None,
+    dedupe: bool = False,
+    max_concurrency: int | None = None,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+def batch(
+    fn: Any = None,
+    /,
+    *,
+    max_window: float = 0,
+    max_size: int | None = 100,
+    group_by: Callable[..., Hashable] | None = None,
+    dedupe: bool = False,
+    max_concurrency: int | None = None,
+) -> Any:
+    """Make concurrent calls of an ``async def`` share one bulk operation.
+
+    The function is written for one item. Each call runs its body until it awaits
+    ``collect(item)``, where it joins the open batch of the function. The batch is flushed
+    when it holds ``max_size`` items, when ``max_window`` seconds have passed since it
+    opened, or, with ``max_window=0``, on the next turn of the event loop. At the flush
+    one member, the leader, resumes with every item, makes the bulk call and returns
+    ``scatter(results)``, which routes each member its own result.
+
+    Use it bare (``@batch``) or with options (``@batch(max_window=0.01)``), on functions and
+    methods (a method batches per instance; under ``@classmethod`` per class).
+
+    Args:
+        fn: The ``async def`` function (bare ``@batch`` only).
+        max_window: Seconds a batch stays open at most; ``0`` flushes on the next loop turn.
+        max_size: Items per batch at most (``None``: no limit; ``1``: no batching).
+        group_by: Called with each call's arguments; calls with different (hashable)
+            results never share a batch.
+        dedupe: Collect equal (hashable) items once per batch; every duplicate caller
+            receives the result routed to its item.
+        max_concurrency: Batches of one partition running at once at most (``None``: no
+            limit). While every slot is busy, the next batch keeps collecting.
+
+    Returns:
+        The batching function (or, with options only, a decorator that makes one). It keeps
+        the name, docstring, signature and ``__wrapped__`` of ``fn``.
+
+    Raises:
+        TypeError: ``fn`` is not an ``async def`` function, or an option has the wrong type.
+        ValueError: An option is out of range.
+
+    Example::
+
+        @batch(max_window=0.05, max_size=100)
+        async def fetch_user_score(user_id: int) -> int:
+            user_ids = await collect(user_id)
+            scores = await db.bulk_fetch_scores(user_ids)
+            return scatter(scores)
+
+    .. versionadded:: 0.3
+    """
+    decorate = functools.partial(
+        _decorate,
+        max_window=_check_window(max_window),
+        max_size=_check_limit("max_size", max_size),
+        group_by=_check_group_by(group_by),
+        dedupe=_check_flag("dedupe", dedupe),
+        max_concurrency=_check_limit("max_concurrency", max_concurrency),
+    )
+    return decorate if fn is None else decorate(fn)
+
+
+def _decorate(
+    fn: Any,
+    *,
+    max_window: float,
+    max_size: int | None,
+    group_by: Callable[..., Hashable] | None,
+    dedupe: bool,
+    max_concurrency: int | None,
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    _check_function(fn)
+    name: str = getattr(fn, "__qualname__", None) or repr(fn)
+    method = _is_method(fn)
+    batcher = Batcher(
+        name,
+        max_window=max_window,
+        max_size=max_size,
+        group_by=group_by,
+        dedupe=dedupe,
+        max_concurrency=max_concurrency,
+        method=method,
+    )
+    partition = _partitioner(name, method, group_by)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            loop = running_loop()
+        except RuntimeError:
+            loop = None
+        task = None if loop is None else current_task(loop)
+        if task is None or loop is None:
+            # Not inside an asyncio task: an ordinary call (collect() will say why it can't).
+            return await fn(*args, **kwargs)
+        # group_by runs here, before the body: if it fails, this call alone fails.
+        pkey = NO_PARTITION if partition is None else partition(args, kwargs)
+        call = Call(batcher, pkey, loop, task)
+        # The current call of this task, found by collect() and scatter(). A task runs one
+        # call at a time; a nested call of another batched function stacks on top of it.
+        outer = CALLS.get(task)
+        CALLS[task] = call
+        try:
+            result = await fn(*args, **kwargs)
+        except Resume:
+            # A follower unwound from collect(): its result was routed by the leader.
+            result = call.value
+        except BaseException as error:
+            if not _ended_by_error(call, error):
+                raise
+            result = call.value
+        else:
+            _ended_by_return(call)
+        finally:
+            if outer is None:
+                del CALLS[task]
+            else:
+                CALLS[task] = outer
+            call.clear()
+            # This frame may live on in a traceback that the task itself holds.
+            del task, outer
+        return result
+
+    return wrapper
+
+
+def _ended_by_error(call: Call, error: BaseException) -> bool:
+    """Settle the batch after the body raised; True if the call returns its routed value."""
+    state = call.state
+    batch = call.batch
+    if state == LEADING and batch is not None:
+        if isinstance(error, Exception):
+            # A fault before scatter(): every follower still waiting gets the same exception.
+            batch.fail(error, call)
+        else:
+            # Cancelled (or closed, interrupted): the followers are not at fault. The earliest
+            # one still waiting leads instead and runs the bulk section again.
+            batch.hand_over(call)
+        return False
+    if state == RESUMED:
+        # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
+        # collect() raises BaseExceptionGroup([Resume()]).
+        group: Any = error  # BaseExceptionGroup, or the exceptiongroup backport on 3.10
+        if isinstance(getattr(group, "exceptions", None), tuple) and hasattr(group, "split"):
+            match, rest = group.split(Resume)
+            if match is not None:
+                if rest is None:
+                    return True
+                raise rest
+    return False
+
+
+def _ended_by_return(call: Call) -> None:
+    """Check how a call that returned normally left its batch."""
+    state = call.state
+    name = call.batcher.name
+    batch = call.batch
+    if state == LEADING and batch is not None:
+        error = RuntimeError(
+            f"{name}: the leader returned without calling scatter(), so the other members of "
+            "its batch got no result; end the leader's code with `return scatter(results)`",
+        )
+        batch.fail(error, call)
+        raise error
+    if state == RESUMED:
+        msg = (
+            f"{name}: this call was a follower whose result had been routed, but its code "
+            "swallowed the internal signal that unwinds it from collect() (an `except "
+            "BaseException` around collect()?) and returned; let BaseException propagate"
+        )
+        raise RuntimeError(msg)
+
+
+def _partitioner(
+    name: str,
+    method: bool,  # noqa: FBT001
+    group_by: Callable[..., Hashable] | None,
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None:
+    """Return the function that computes a call's partition key, or None for one partition."""
+    if group_by is None:
+        if not method:
+            return None
+
+        def by_instance(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+            # Identity, not equality or hash: unhashable instances work, equal ones stay apart.
+            # The members' frames hold `self` while the partition exists, so the id is stable.
+            return id(args[0]) if args else id(kwargs.get("self", kwargs.get("cls")))
+
+        return by_instance
+
+    def by_group(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        key = group_by(*args, **kwargs)
+        try:
+            hash(key)
+        except TypeError as error:
+            msg = f"{name}: group_by returned an unhashable key {key!r}; return a hashable value"
+            raise TypeError(msg) from error
+        if method:
+            return (id(args[0]) if args else None, key)
+        return key
+
+    return by_group
+
+
+def _is_method(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is defined in a class body and takes ``self`` or ``cls`` first."""
+    owner, _, _ = getattr(fn, "__qualname__", "").rpartition(".")
+    if not owner or owner.endswith("<locals>"):
+        return False
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return (
+        bool(parameters)
+        and parameters[0].name in {"self", "cls"}
+        and parameters[0].kind
+        in {
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        }
+    )
+
+
+def _check_function(fn: object) -> None:
+    kind = type(fn).__name__
+    if isinstance(fn, (classmethod, staticmethod)):
+        msg = f"@batch must decorate the async def function itself; put @{kind} above @batch, not below"
+        raise TypeError(msg)
+    if inspect.iscoroutinefunction(fn):
+        return
+    if inspect.isasyncgenfunction(fn):
+        what = f"an async generator function {fn!r}"
+    elif inspect.isfunction(fn) or inspect.ismethod(fn):
+        what = f"a plain (not async) function {fn!r}"
+    elif isinstance(fn, Real):
+        what = f"{fn!r}; options are keyword-only, e.g. @batch(max_window={fn!r})"
+    else:
+        what = f"{fn!r} of type {kind}"
+    msg = f"@batch needs an `async def` function, got {what}"
+    raise TypeError(msg)
+
+
+def _check_window(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"max_window must be a number of seconds (>= 0 and finite), got {value!r}"
+        raise TypeError(msg)
+    seconds = float(value)
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        msg = f"max_window must be >= 0 and finite, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def _check_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int >= 1 or None, got {value!r}"
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1 or None, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _check_group_by(value: object) -> Callable[..., Hashable] | None:
+    if value is None or callable(value):
+        return cast("Callable[..., Hashable] | None", value)
+    msg = f"group_by must be a callable or None, got {value!r}"
+    raise TypeError(msg)
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value

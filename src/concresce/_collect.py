@@ -1,0 +1,82 @@
+"""``collect()``: the barrier every call of a ``@batch`` function passes."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from ._state import IDLE, LEADING, RESUMED, Resume, current_call
+
+__all__ = ["collect"]
+
+T = TypeVar("T")
+
+
+async def collect(item: T) -> list[T]:
+    """Join the open batch with ``item`` and wait for the batch to be flushed.
+
+    Every concurrent call of the same ``@batch`` function (same event loop, same
+    partition) that reaches ``collect()`` before the batch is flushed joins it. At the
+    flush, one member, the leader, resumes with the list of the batch's items in arrival
+    order; it makes the bulk call and returns ``scatter(results)``. Every other member
+    stays suspended here until ``scatter()`` routes its result, then unwinds (its
+    ``finally`` blocks run) and its call returns that result: code after ``collect()``
+    runs once per batch, in the leader only.
+
+    Args:
+        item: What this call contributes to the batch.
+
+    Returns:
+        In the leader, the items of the batch, this call's own included.
+
+    Raises:
+        RuntimeError: Outside a ``@batch`` call, or awaited twice in one call.
+        Exception: In a follower, the exception the leader raised before ``scatter()``, or
+            this caller's own exception result, or a ``BatchRoutingError``.
+
+    Example::
+
+        @batch(max_window=0.01)
+        async def get_user(user_id: int) -> User | None:
+            ids = await collect(user_id)
+            rows = await db.fetch_users(ids)
+            return scatter({row.id: row for row in rows}, default=None)
+
+    .. versionadded:: 0.3
+    """
+    call = current_call("collect()")
+    if call.state != IDLE:
+        msg = (
+            f"{call.batcher.name}: collect() was awaited twice in one call; each call "
+            "contributes one item (collect a tuple or a list to contribute several)"
+        )
+        raise RuntimeError(msg)
+    call.batcher.join(call, item)
+    batch = call.batch
+    if call.state == LEADING and batch is not None:
+        # The call filled the batch and leads it: no waiting at all (max_size=1).
+        return batch.take(call)
+    fut = call.fut
+    assert fut is not None  # noqa: S101 -- set by join()
+    try:
+        await fut
+    except BaseException:
+        # Cancelled (or closed) while waiting. Only this call leaves: an open batch drops
+        # its item; a leader that was chosen but had not resumed yet hands the batch over;
+        # a follower's result, if it was already routed, is dropped.
+        if batch is not None:
+            batch.leave(call)
+        raise
+    state = call.state
+    if state == LEADING and batch is not None:
+        return batch.take(call)
+    if state == RESUMED:
+        # Unwind the follower's frame from here; the wrapper returns call.value.
+        raise Resume
+    error = call.value
+    tb = call.tb
+    call.value = call.tb = None
+    try:
+        raise error.with_traceback(tb)
+    finally:
+        # The traceback will hold this frame: the frame must not hold the error.
+        del error, tb
