@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, TypeVar, overload
 
@@ -30,7 +30,7 @@ def scatter(results: Mapping[Any, R], /, *, key: Callable[[Any], Any] | None = N
 @overload
 def scatter(results: Mapping[Any, R], /, *, key: Callable[[Any], Any] | None = None, default: D) -> R | D: ...
 @overload
-def scatter(results: Any, /, *, key: None = None) -> Any: ...
+def scatter(results: Iterable[R], /) -> R: ...
 def scatter(
     results: Any,
     /,
