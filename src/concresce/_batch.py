@@ -8,8 +8,7 @@ import math
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._loop import current_task, running_loop
-from ._state import CALLS, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
+from ._state import CURRENT, LEADING, MEMBER, NO_PARTITION, RESUMED, Batcher, Call, Resume
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -118,21 +117,9 @@ def _decorate(
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            loop = running_loop()
-        except RuntimeError:
-            loop = None
-        task = None if loop is None else current_task(loop)
-        if task is None or loop is None:
-            # Not inside an asyncio task: an ordinary call (collect() will say why it can't).
-            return await fn(*args, **kwargs)
         # group_by runs here, before the body: if it fails, this call alone fails.
-        pkey = NO_PARTITION if partition is None else partition(args, kwargs)
-        call = Call(batcher, pkey, loop, task)
-        # The current call of this task, found by collect() and scatter(). A task runs one
-        # call at a time; a nested call of another batched function stacks on top of it.
-        outer = CALLS.get(task)
-        CALLS[task] = call
+        call = Call(batcher, NO_PARTITION if partition is None else partition(args, kwargs))
+        token = CURRENT.set(call)
         try:
             result = await fn(*args, **kwargs)
         except Resume:
@@ -145,13 +132,7 @@ def _decorate(
         else:
             _ended_by_return(call)
         finally:
-            if outer is None:
-                del CALLS[task]
-            else:
-                CALLS[task] = outer
-            call.clear()
-            # This frame may live on in a traceback that the task itself holds.
-            del task, outer
+            CURRENT.reset(token)
         return result
 
     return wrapper
@@ -160,8 +141,10 @@ def _decorate(
 def _ended_by_error(call: Call, error: BaseException) -> bool:
     """Settle the batch after the body raised; True if the call returns its routed value."""
     state = call.state
-    batch = call.batch
-    if state == LEADING and batch is not None:
+    if state == MEMBER:
+        _abandon(call)
+    if state == LEADING:
+        batch = call.batch
         if isinstance(error, Exception):
             # A fault before scatter(): every follower still waiting gets the same exception.
             batch.fail(error, call)
@@ -187,8 +170,10 @@ def _ended_by_return(call: Call) -> None:
     """Check how a call that returned normally left its batch."""
     state = call.state
     name = call.batcher.name
-    batch = call.batch
-    if state == LEADING and batch is not None:
+    if state == MEMBER:
+        _abandon(call)
+    if state == LEADING:
+        batch = call.batch
         error = RuntimeError(
             f"{name}: the leader returned without calling scatter(), so the other members of "
             "its batch got no result; end the leader's code with `return scatter(results)`",
@@ -202,6 +187,21 @@ def _ended_by_return(call: Call) -> None:
             "BaseException` around collect()?) and returned; let BaseException propagate"
         )
         raise RuntimeError(msg)
+
+
+def _abandon(call: Call) -> None:
+    """The body ended while its collect() still waits in a task it started and did not await.
+
+    That collect() is cancelled (its task ends instead of hanging) and the call leaves its
+    batch; the call itself fails, since the rest of its batch can no longer include it.
+    """
+    call.batch.leave(call)
+    call.fut.cancel()
+    msg = (
+        f"{call.batcher.name}: the call ended while its collect() was still waiting in another "
+        "task; await collect(item) in the call's body (or await the task that runs it)"
+    )
+    raise RuntimeError(msg)
 
 
 def _partitioner(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from ._loop import running_loop
 from ._state import IDLE, LEADING, RESUMED, Resume, current_call
 
 __all__ = ["collect"]
@@ -50,24 +51,26 @@ async def collect(item: T) -> list[T]:
             "contributes one item (collect a tuple or a list to contribute several)"
         )
         raise RuntimeError(msg)
-    call.batcher.join(call, item)
+    try:
+        loop = running_loop()
+    except RuntimeError:
+        msg = f"{call.batcher.name}: collect() needs a running asyncio event loop"
+        raise RuntimeError(msg) from None
+    call.batcher.join(call, item, loop)
     batch = call.batch
-    if call.state == LEADING and batch is not None:
+    if call.state == LEADING:
         # The call filled the batch and leads it: no waiting at all (max_size=1).
         return batch.take(call)
-    fut = call.fut
-    assert fut is not None  # noqa: S101 -- set by join()
     try:
-        await fut
+        await call.fut
     except BaseException:
         # Cancelled (or closed) while waiting. Only this call leaves: an open batch drops
         # its item; a leader that was chosen but had not resumed yet hands the batch over;
         # a follower's result, if it was already routed, is dropped.
-        if batch is not None:
-            batch.leave(call)
+        batch.leave(call)
         raise
     state = call.state
-    if state == LEADING and batch is not None:
+    if state == LEADING:
         return batch.take(call)
     if state == RESUMED:
         # Unwind the follower's frame from here; the wrapper returns call.value.

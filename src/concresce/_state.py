@@ -13,30 +13,22 @@ as it has no open, queued or running batch, and a finished batch drops its membe
 from __future__ import annotations
 
 from collections import deque
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, final
-
-from ._loop import (
-    Handle,
-    Loop,
-    Task,
-    Waiter,
-    call_later,
-    call_soon,
-    current_task,
-    new_waiter,
-    running_loop,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
     from types import TracebackType
 
+    from ._loop import Handle, Loop, Waiter
+
 # The partition key of a function that is neither a method nor grouped: one batch per loop.
 NO_PARTITION: Final[Any] = object()
 
-# The call currently running in each task (a task runs at most one call at a time; a nested
-# call of another decorated function saves and restores the outer one).
-CALLS: Final[dict[Task[Any], Call]] = {}
+# The call whose body is running, for collect() and scatter(). The wrapper sets it for the
+# duration of the body; a context variable follows the body across suspensions, and a nested
+# call of another decorated function sets and resets its own value on top.
+CURRENT: Final[ContextVar[Call | None]] = ContextVar("concresce.current_call", default=None)
 
 # Call states. A call moves IDLE -> MEMBER -> (LEADING -> SCATTERED | RESUMED | FAILED),
 # or to GONE when it leaves (cancelled, or a leader that aborted and handed over).
@@ -64,17 +56,12 @@ class Resume(BaseException):
 
 
 def current_call(what: str) -> Call:
-    """Return the call running in the current task, or raise a RuntimeError about ``what``."""
-    try:
-        task = current_task(running_loop())
-    except RuntimeError:
-        task = None
-    call = CALLS.get(task) if task is not None else None
+    """Return the call whose body is running, or raise a RuntimeError about ``what``."""
+    call = CURRENT.get()
     if call is None:
         msg = (
-            f"{what} was used outside a call of a @batch function: await collect(item) "
-            "directly in the body of an `async def` decorated with @batch, in the task that "
-            "made the call (not in a task the call started)"
+            f"{what} was used outside a call of a @batch function: await collect(item) in the "
+            "body of an `async def` decorated with @batch, then return scatter(results)"
         )
         raise RuntimeError(msg)
     return call
@@ -114,56 +101,40 @@ class Batcher:
         self.max_concurrency = max_concurrency
         self.method = method
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
-        self.partitions: dict[Hashable, Partition] = {}
+        self.partitions: dict[object, Partition] = {}
 
-    def join(self, call: Call, item: object) -> None:
+    def join(self, call: Call, item: object, loop: Loop) -> None:
         """Add ``call`` with ``item`` to the open batch of its partition, opening one if needed."""
-        loop = call.loop
-        key: Hashable = loop if call.pkey is NO_PARTITION else (loop, call.pkey)
+        key: object = loop if call.pkey is NO_PARTITION else (loop, call.pkey)
         part = self.partitions.get(key)
         if part is None:
             part = self.partitions[key] = Partition(self, key)
         batch = part.open
         if batch is None:
             batch = part.open = Batch(part)
-        batch.add(call, item)
+        batch.add(call, item, loop)
 
 
 @final
 class Call:
     """One call of a decorated function: its role in a batch and, for a follower, its outcome."""
 
-    __slots__ = (
-        "batch",
-        "batcher",
-        "fut",
-        "item",
-        "loop",
-        "pkey",
-        "slot",
-        "state",
-        "task",
-        "tb",
-        "value",
-    )
+    __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value")
 
-    def __init__(self, batcher: Batcher, pkey: Hashable, loop: Loop, task: Task[Any]) -> None:
+    # Only what every path reads is set here. The rest is set when the call joins a batch
+    # (item, batch, fut), when its leader resumes (slot) or when a result is routed to it
+    # (value, tb), and read only after that: __init__ is on the hot path, once per call.
+    item: Any
+    batch: Batch
+    fut: Waiter
+    slot: int  # index of this call's item in the list the leader received
+    value: Any  # the routed result or exception
+    tb: TracebackType | None  # the routed exception's traceback at routing time
+
+    def __init__(self, batcher: Batcher, pkey: Hashable) -> None:
         self.batcher = batcher
         self.pkey = pkey
-        self.loop = loop
-        self.task: Task[Any] | None = task
         self.state = IDLE
-        self.item: Any = None
-        self.batch: Batch | None = None
-        self.fut: Waiter | None = None
-        self.slot = 0  # index of this call's item in the list the leader received
-        self.value: Any = None  # the routed result or exception
-        self.tb: TracebackType | None = None  # the routed exception's traceback at routing time
-
-    def clear(self) -> None:
-        """Drop every reference this call holds (the call has returned)."""
-        self.batch = self.fut = self.item = self.value = self.tb = None
-        self.task = None  # the task's frame may outlive the call in a traceback
 
 
 @final
@@ -172,7 +143,7 @@ class Partition:
 
     __slots__ = ("batcher", "key", "open", "pending", "running")
 
-    def __init__(self, batcher: Batcher, key: Hashable) -> None:
+    def __init__(self, batcher: Batcher, key: object) -> None:
         self.batcher = batcher
         self.key = key
         self.open: Batch | None = None
@@ -238,12 +209,12 @@ class Batch:
 
     # -- joining and leaving while open -------------------------------------------------
 
-    def add(self, call: Call, item: object) -> None:
+    def add(self, call: Call, item: object, loop: Loop) -> None:
         """Add ``call``; dispatch at once when this fills the batch."""
         call.state = MEMBER
         call.item = item
         call.batch = self
-        call.fut = new_waiter(call.loop)
+        call.fut = loop.create_future()
         self.members.append(call)
         self.live += 1
         counts = self.counts
@@ -268,9 +239,9 @@ class Batch:
             # task already scheduled for it) shares the batch. call_soon, not a task with
             # sleep(0): one callback per batch, nothing to cancel or await.
             if batcher.max_window:
-                self.handle = call_later(call.loop, batcher.max_window, self.on_due)
+                self.handle = loop.call_later(batcher.max_window, self.on_due)
             else:
-                self.handle = call_soon(call.loop, self.on_due)
+                self.handle = loop.call_soon(self.on_due)
 
     def leave_open(self, call: Call) -> None:
         """A member left before the batch was dispatched: its item is not passed on."""
@@ -290,6 +261,8 @@ class Batch:
                     self.size -= 1
                 else:
                     counts[item] = seen - 1
+        # The batch may stay open for a long window: do not keep the departed item alive.
+        call.item = None
         if not self.live:
             self.discard()
 
@@ -373,7 +346,7 @@ class Batch:
             member = members[index]
             index += 1
             fut = member.fut
-            if member.state == MEMBER and fut is not None and not fut.done():
+            if member.state == MEMBER and not fut.done():
                 self.scan = index
                 self.leader = member
                 member.state = LEADING
@@ -394,7 +367,7 @@ class Batch:
         for member in self.members:
             if member is not leader:
                 fut = member.fut
-                if member.state != MEMBER or fut is None or fut.done():
+                if member.state != MEMBER or fut.done():
                     continue
             callers.append(member)
             item = member.item
@@ -423,7 +396,7 @@ class Batch:
             if member is leader:
                 continue
             fut = member.fut
-            if member.state != MEMBER or fut is None or fut.done():
+            if member.state != MEMBER or fut.done():
                 continue  # cancelled since: its result is dropped
             value = shares[member.slot]
             member.value = value
@@ -442,7 +415,7 @@ class Batch:
             if member is leader:
                 continue
             fut = member.fut
-            if member.state != MEMBER or fut is None or fut.done():
+            if member.state != MEMBER or fut.done():
                 continue
             member.value = error
             member.tb = tb
