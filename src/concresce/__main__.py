@@ -1,0 +1,5 @@
+"""Entry point for ``python -m concresce``."""
+
+from concresce._demo import main
+
+raise SystemExit(main())
