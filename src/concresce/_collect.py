@@ -5,11 +5,23 @@ from __future__ import annotations
 from typing import TypeVar
 
 from ._loop import running_loop
-from ._state import IDLE, LEADING, RESUMED, Resume, current_call
+from ._state import CURRENT, IDLE, LEADING, NO_PARTITION, RESUMED, Batch, Call, Partition, Resume
 
 __all__ = ["collect"]
 
 T = TypeVar("T")
+
+
+def _misuse(call: Call | None) -> str:
+    if call is None:
+        return (
+            "collect() was used outside a call of a @batch function: await collect(item) in the "
+            "body of an `async def` decorated with @batch, then return scatter(results)"
+        )
+    return (
+        f"{call.batcher.name}: collect() was awaited twice in one call; each call "
+        "contributes one item (collect a tuple or a list to contribute several)"
+    )
 
 
 async def collect(item: T) -> list[T]:
@@ -44,20 +56,26 @@ async def collect(item: T) -> list[T]:
 
     .. versionadded:: 0.3
     """
-    call = current_call("collect()")
-    if call.state != IDLE:
-        msg = (
-            f"{call.batcher.name}: collect() was awaited twice in one call; each call "
-            "contributes one item (collect a tuple or a list to contribute several)"
-        )
-        raise RuntimeError(msg)
+    call = CURRENT.get()
+    if call is None or call.state != IDLE:
+        raise RuntimeError(_misuse(call))
     try:
         loop = running_loop()
     except RuntimeError:
         msg = f"{call.batcher.name}: collect() needs a running asyncio event loop"
         raise RuntimeError(msg) from None
-    call.batcher.join(call, item, loop)
-    batch = call.batch
+    # Join the open batch of this call's partition (per loop, per partition key), opening
+    # the partition and the batch as needed. Inline: this runs once per call.
+    batcher = call.batcher
+    pkey = call.pkey
+    key = loop if pkey is NO_PARTITION else (loop, pkey)
+    part = batcher.partitions.get(key)
+    if part is None:
+        part = batcher.partitions[key] = Partition(batcher, key)
+    batch = part.open
+    if batch is None:
+        batch = part.open = Batch(part)
+    batch.add(call, item, loop)
     if call.state == LEADING:
         # The call filled the batch and leads it: no waiting at all (max_size=1).
         return batch.take(call)

@@ -103,17 +103,6 @@ class Batcher:
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
 
-    def join(self, call: Call, item: object, loop: Loop) -> None:
-        """Add ``call`` with ``item`` to the open batch of its partition, opening one if needed."""
-        key: object = loop if call.pkey is NO_PARTITION else (loop, call.pkey)
-        part = self.partitions.get(key)
-        if part is None:
-            part = self.partitions[key] = Partition(self, key)
-        batch = part.open
-        if batch is None:
-            batch = part.open = Batch(part)
-        batch.add(call, item, loop)
-
 
 @final
 class Call:
