@@ -420,9 +420,7 @@ class Batch:
         self.next_leader()
 
     def finish(self) -> None:
-        """Release the concurrency slot and every reference to members."""
-        if self.state == DONE:
-            return
+        """Release the concurrency slot and every reference to members (once: only a running batch ends)."""
         self.state = DONE
         self.leader = None
         self.members = []
