@@ -8,11 +8,12 @@ functions are public so that tests (and property tests driving their own loops w
 Which "let the loop run" helper to use:
 
 * :func:`wait_all_tasks_blocked` (this module's, not anyio's): returns once every
-  other task of the loop is blocked (waiting on a future, a lock, a timer, a thread...).
-  Use it to say "everything that can happen without time passing has happened". It
-  never advances the virtual clock. anyio's function of the same name polls with
-  ``sleep(0.1)``: on the virtual clock that lets up to 0.1 s of virtual time pass (a
-  batch window may fire in the middle of the wait), and on uvloop it sleeps for real.
+  other task of the loop is blocked (waiting on a future, a lock, a timer, a thread...)
+  and no callback is queued. Use it to say "everything that can happen without time
+  passing has happened". It never advances the virtual clock. anyio's function of the
+  same name polls with ``sleep(0.1)``, so on the virtual clock up to 0.1 s of virtual
+  time may pass (a batch window may fire during the wait) and on uvloop it sleeps for
+  real; and it ignores queued callbacks (it may return before a ``call_soon`` flush).
 * :func:`settle`: yields to the loop exactly ``n`` times. Use it when the number of loop
   turns is the point (``max_window=0`` flushes "on the next turn of the loop") or when a
   task is never blocked (it spins on ``sleep(0)``).
@@ -191,6 +192,17 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
     @_clock_resolution.setter
     def _clock_resolution(self, value: float) -> None:  # set by BaseEventLoop.__init__
         self._resolution = value
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        """Join the executor's threads without a time limit.
+
+        Python 3.12+ runners pass a timeout (300 s); on the virtual clock those seconds would
+        pass at once while the joining thread works, and the join would be abandoned with a
+        RuntimeWarning. Joining a finished executor takes real milliseconds, so no limit is
+        needed here.
+        """
+        del timeout
+        await super().shutdown_default_executor()
 
     def autojump(self, timeout: float) -> None:
         """Let ``timeout`` seconds pass at once; called when the loop would sleep."""
