@@ -59,32 +59,6 @@ async def test_scatter_by_a_leader_that_was_handed_over_is_a_runtime_error():
     assert leader == ("leader", 1, [1, 2])
 
 
-async def test_body_raising_while_its_collect_waits_in_an_unawaited_task_fails_and_frees_the_batch():
-    """A body that raises while its collect() waits in a task it did not await gets a RuntimeError; nothing hangs."""
-    orphans = []
-
-    @batch(max_window=0)
-    async def work(x):
-        if x == 1:
-            orphans.append(asyncio.create_task(collect(x)))
-            await asyncio.sleep(0)
-            message = "boom"
-            raise ValueError(message)
-        items = await collect(x)
-        return scatter([item * 10 for item in items])
-
-    results = await asyncio.gather(work(0), work(1), work(2), return_exceptions=True)
-
-    assert results[0] == 0
-    assert results[2] == 20
-    assert type(results[1]) is RuntimeError
-    assert "collect() was still waiting" in str(results[1])
-    assert type(results[1].__context__) is ValueError
-    [orphan] = orphans
-    with pytest.raises(asyncio.CancelledError):
-        await orphan
-
-
 async def test_follower_turning_the_resume_signal_into_its_own_error_raises_that_error():
     """A follower whose code replaces the resume signal with its own exception raises that exception."""
 

@@ -8,7 +8,8 @@ import math
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._state import CURRENT, LEADING, MEMBER, NO_PARTITION, RESUMED, Batcher, Call, Resume
+from ._loop import current_task
+from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -117,9 +118,21 @@ def _decorate(
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            task = current_task()
+        except RuntimeError:  # no running event loop
+            task = None
+        if task is None:
+            # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
+            return await fn(*args, **kwargs)
+        # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
+        call = Call()
+        call.batcher = batcher
         # group_by runs here, before the body: if it fails, this call alone fails.
-        call = Call(batcher, NO_PARTITION if partition is None else partition(args, kwargs))
-        token = CURRENT.set(call)
+        call.pkey = NO_PARTITION if partition is None else partition(args, kwargs)
+        call.state = IDLE
+        outer = CALLS.get(task)
+        CALLS[task] = call
         try:
             result = await fn(*args, **kwargs)
         except Resume:
@@ -132,7 +145,12 @@ def _decorate(
         else:
             _ended_by_return(call)
         finally:
-            CURRENT.reset(token)
+            if outer is None:
+                del CALLS[task]
+            else:
+                CALLS[task] = outer
+            # This frame may live on in a traceback that the task itself holds: no cycle.
+            del task, outer
         return result
 
     return wrapper
@@ -141,8 +159,6 @@ def _decorate(
 def _ended_by_error(call: Call, error: BaseException) -> bool:
     """Settle the batch after the body raised; True if the call returns its routed value."""
     state = call.state
-    if state == MEMBER:
-        _abandon(call)
     if state == LEADING:
         batch = call.batch
         if isinstance(error, Exception):
@@ -170,8 +186,6 @@ def _ended_by_return(call: Call) -> None:
     """Check how a call that returned normally left its batch."""
     state = call.state
     name = call.batcher.name
-    if state == MEMBER:
-        _abandon(call)
     if state == LEADING:
         batch = call.batch
         error = RuntimeError(
@@ -187,21 +201,6 @@ def _ended_by_return(call: Call) -> None:
             "BaseException` around collect()?) and returned; let BaseException propagate"
         )
         raise RuntimeError(msg)
-
-
-def _abandon(call: Call) -> None:
-    """The body ended while its collect() still waits in a task it started and did not await.
-
-    That collect() is cancelled (its task ends instead of hanging) and the call leaves its
-    batch; the call itself fails, since the rest of its batch can no longer include it.
-    """
-    call.batch.leave(call)
-    call.fut.cancel()
-    msg = (
-        f"{call.batcher.name}: the call ended while its collect() was still waiting in another "
-        "task; await collect(item) in the call's body (or await the task that runs it)"
-    )
-    raise RuntimeError(msg)
 
 
 def _partitioner(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ._loop import running_loop
-from ._state import CURRENT, IDLE, LEADING, NO_PARTITION, RESUMED, Batch, Call, Partition, Resume
+from ._loop import current_task, running_loop
+from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batch, Call, Partition, Resume, outside_message
 
 __all__ = ["collect"]
 
@@ -14,10 +14,7 @@ T = TypeVar("T")
 
 def _misuse(call: Call | None) -> str:
     if call is None:
-        return (
-            "collect() was used outside a call of a @batch function: await collect(item) in the "
-            "body of an `async def` decorated with @batch, then return scatter(results)"
-        )
+        return outside_message("collect()")
     return (
         f"{call.batcher.name}: collect() was awaited twice in one call; each call "
         "contributes one item (collect a tuple or a list to contribute several)"
@@ -56,14 +53,13 @@ async def collect(item: T) -> list[T]:
 
     .. versionadded:: 0.3
     """
-    call = CURRENT.get()
+    try:
+        call = CALLS.get(current_task())  # type: ignore[arg-type]  # None is never a key
+    except RuntimeError:  # no running event loop
+        call = None
     if call is None or call.state != IDLE:
         raise RuntimeError(_misuse(call))
-    try:
-        loop = running_loop()
-    except RuntimeError:
-        msg = f"{call.batcher.name}: collect() needs a running asyncio event loop"
-        raise RuntimeError(msg) from None
+    loop = running_loop()  # there is one: the call was found through the running task
     # Join the open batch of this call's partition (per loop, per partition key), opening
     # the partition and the batch as needed. Inline: this runs once per call.
     batcher = call.batcher

@@ -1,27 +1,27 @@
 """The seam between the batching logic and the event loop.
 
-The batching state machine in ``_state`` needs four things from an event loop and takes all
-of them from here: the identity of the running loop (``running_loop()``, which also keys the
-per-loop state), and three methods of that loop object, the ``Loop`` protocol:
-``create_future()`` (the waiter a suspended member awaits), ``call_soon(callback)`` and
-``call_later(delay, callback)``. Another backend (trio, threads for plain ``def`` functions)
-provides the same four operations without touching the batching logic. (Which call is
-running is not the loop's business: a context variable in ``_state`` tracks it.)
+The batching state machine needs five things from an event loop and takes all of them from
+here: the identity of the running loop (``running_loop()``, which also keys the per-loop
+state), the task running on it (``current_task()``, which keys the call that task is
+running), and three methods of the loop object, the ``Loop`` protocol: ``create_future()``
+(the waiter a suspended member awaits), ``call_soon(callback)`` and ``call_later(delay,
+callback)``. Another backend (trio, threads for plain ``def`` functions) provides the same
+five operations without touching the batching logic.
 
-The asyncio implementation is bound directly (a C function): the hot path pays no extra
+The asyncio implementations are bound directly (C functions): the hot path pays no extra
 Python call for the indirection.
 """
 
 from __future__ import annotations
 
-from asyncio import Future, Handle
+from asyncio import Future, Handle, Task, current_task
 from asyncio import get_running_loop as running_loop
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Handle", "Loop", "Waiter", "running_loop"]
+__all__ = ["Handle", "Loop", "Task", "Waiter", "current_task", "running_loop"]
 
 Waiter = Future[None]
 

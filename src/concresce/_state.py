@@ -1,7 +1,7 @@
 """The batching state machine: calls, batches and partitions.
 
-One ``_Call`` exists per call of a decorated function. When the call awaits ``collect()`` it
-joins the open ``_Batch`` of its ``_Partition`` (one partition per event loop and partition
+One ``Call`` exists per call of a decorated function. When the call awaits ``collect()`` it
+joins the open ``Batch`` of its ``Partition`` (one partition per event loop and partition
 key). The batch is *dispatched* when it is full, when its window expires, or on the next loop
 turn; dispatching wakes exactly one member, the leader. Every other member stays suspended
 on its waiter until ``scatter()`` (or a fault) routes it an outcome.
@@ -13,8 +13,9 @@ as it has no open, queued or running batch, and a finished batch drops its membe
 from __future__ import annotations
 
 from collections import deque
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, final
+
+from ._loop import Task, current_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -25,10 +26,13 @@ if TYPE_CHECKING:
 # The partition key of a function that is neither a method nor grouped: one batch per loop.
 NO_PARTITION: Final[Any] = object()
 
-# The call whose body is running, for collect() and scatter(). The wrapper sets it for the
-# duration of the body; a context variable follows the body across suspensions, and a nested
-# call of another decorated function sets and resets its own value on top.
-CURRENT: Final[ContextVar[Call | None]] = ContextVar("concresce.current_call", default=None)
+# The call whose body each task is running, for collect() and scatter(). The wrapper sets
+# the entry for the duration of the body; a nested call of another decorated function in the
+# same task replaces it and puts the outer one back. Keyed by task rather than held in a
+# context variable: measured on 3.12, a dict entry costs about 2,000 instructions less per
+# call than ContextVar.set()/reset(), and a task started by the body (which would inherit a
+# context variable) cannot mistake itself for the call.
+CALLS: Final[dict[Task[Any], Call]] = {}
 
 # Call states. A call moves IDLE -> MEMBER -> (LEADING -> SCATTERED | RESUMED | FAILED),
 # or to GONE when it leaves (cancelled, or a leader that aborted and handed over).
@@ -56,15 +60,23 @@ class Resume(BaseException):
 
 
 def current_call(what: str) -> Call:
-    """Return the call whose body is running, or raise a RuntimeError about ``what``."""
-    call = CURRENT.get()
+    """Return the call whose body the current task is running, or raise a RuntimeError about ``what``."""
+    try:
+        call = CALLS.get(current_task())  # type: ignore[arg-type]  # None is never a key
+    except RuntimeError:  # no running event loop
+        call = None
     if call is None:
-        msg = (
-            f"{what} was used outside a call of a @batch function: await collect(item) in the "
-            "body of an `async def` decorated with @batch, then return scatter(results)"
-        )
-        raise RuntimeError(msg)
+        raise RuntimeError(outside_message(what))
     return call
+
+
+def outside_message(what: str) -> str:
+    """Explain that ``what`` was used outside a call of a decorated function."""
+    return (
+        f"{what} was used outside a call of a @batch function: await collect(item) in the body "
+        "of an `async def` decorated with @batch, in the task that made the call (not in a task "
+        "it started), then return scatter(results)"
+    )
 
 
 @final
@@ -113,17 +125,15 @@ class Call:
     # Only what every path reads is set here. The rest is set when the call joins a batch
     # (item, batch, fut), when its leader resumes (slot) or when a result is routed to it
     # (value, tb), and read only after that: __init__ is on the hot path, once per call.
+    batcher: Batcher
+    pkey: Hashable
+    state: int
     item: Any
     batch: Batch
     fut: Waiter
     slot: int  # index of this call's item in the list the leader received
     value: Any  # the routed result or exception
     tb: TracebackType | None  # the routed exception's traceback at routing time
-
-    def __init__(self, batcher: Batcher, pkey: Hashable) -> None:
-        self.batcher = batcher
-        self.pkey = pkey
-        self.state = IDLE
 
 
 @final
