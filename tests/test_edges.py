@@ -33,7 +33,7 @@ async def test_scatter_by_a_leader_that_was_handed_over_is_a_runtime_error():
     """A leader cancelled before it resumed that swallows it and calls scatter() is told why it can't."""
     record = Recorder()
 
-    @batch
+    @batch(max_size=3)
     async def work(x):
         try:
             items = await collect(x)
@@ -47,8 +47,9 @@ async def test_scatter_by_a_leader_that_was_handed_over_is_a_runtime_error():
         return scatter([item * 10 for item in items])
 
     tasks = [asyncio.create_task(work(x)) for x in range(3)]
-    await asyncio.sleep(0)  # the tick flush has chosen task 0 as the leader
-    await asyncio.sleep(0)
+    if asyncio.get_running_loop().get_task_factory() is None:
+        await asyncio.sleep(0)  # the three calls join; the third fills the batch and wakes task 0
+    # Eager tasks joined inside create_task(). Either way task 0 leads but has not resumed yet.
     tasks[0].cancel()
     results = await asyncio.gather(*tasks)
 
@@ -283,3 +284,9 @@ async def test_leader_fault_skips_a_follower_cancelled_after_the_flush():
     assert type(results[0]) is RuntimeError
     assert results[2] is results[0]
     assert str(results[0]) == "bulk failed for [0, 1, 2]"
+
+
+def test_scatter_outside_any_event_loop_is_a_runtime_error():
+    """scatter() called with no running event loop says it belongs in a @batch call."""
+    with pytest.raises(RuntimeError, match=r"scatter\(\) was used outside a call of a @batch function"):
+        scatter([1])
