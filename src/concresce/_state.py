@@ -122,9 +122,10 @@ class Call:
 
     __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value")
 
-    # Only what every path reads is set here. The rest is set when the call joins a batch
-    # (item, batch, fut), when its leader resumes (slot) or when a result is routed to it
-    # (value, tb), and read only after that: __init__ is on the hot path, once per call.
+    # No __init__ (a Python-level one costs a frame on the hot path, once per call): the
+    # wrapper sets batcher, pkey and state; the rest is set when the call joins a batch (item,
+    # batch, fut), when its leader resumes (slot) or when a result is routed to it (value, tb),
+    # and read only after that.
     batcher: Batcher
     pkey: Hashable
     state: int
@@ -168,7 +169,8 @@ class Partition:
         """Remove this partition from its function's table once nothing in it is active."""
         if self.open is None and self.running == 0 and not self.pending:
             parts = self.batcher.partitions
-            # Guard against removing a newer partition that took the same key.
+            # A queued batch that ended at its dispatch (every member gone) frees its slot
+            # through a nested slot_freed(), which may have removed this partition already.
             if parts.get(self.key) is self:
                 del parts[self.key]
 
