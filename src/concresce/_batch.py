@@ -8,8 +8,8 @@ import math
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._loop import current_task
-from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
+from ._state import Batcher
+from ._wrapper import make_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -116,91 +116,7 @@ def _decorate(
     )
     partition = _partitioner(name, method, group_by)
 
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            task = current_task()
-        except RuntimeError:  # no running event loop
-            task = None
-        if task is None:
-            # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
-            return await fn(*args, **kwargs)
-        # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
-        call = Call()
-        call.batcher = batcher
-        # group_by runs here, before the body: if it fails, this call alone fails.
-        call.pkey = NO_PARTITION if partition is None else partition(args, kwargs)
-        call.state = IDLE
-        outer = CALLS.get(task)
-        CALLS[task] = call
-        try:
-            result = await fn(*args, **kwargs)
-        except Resume:
-            # A follower unwound from collect(): its result was routed by the leader.
-            result = call.value
-        except BaseException as error:
-            if not _ended_by_error(call, error):
-                raise
-            result = call.value
-        else:
-            _ended_by_return(call)
-        finally:
-            if outer is None:
-                del CALLS[task]
-            else:
-                CALLS[task] = outer
-            # This frame may live on in a traceback that the task itself holds: no cycle.
-            del task, outer
-        return result
-
-    return wrapper
-
-
-def _ended_by_error(call: Call, error: BaseException) -> bool:
-    """Settle the batch after the body raised; True if the call returns its routed value."""
-    state = call.state
-    if state == LEADING:
-        batch = call.batch
-        if isinstance(error, Exception):
-            # A fault before scatter(): every follower still waiting gets the same exception.
-            batch.fail(error, call)
-        else:
-            # Cancelled (or closed, interrupted): the followers are not at fault. The earliest
-            # one still waiting leads instead and runs the bulk section again.
-            batch.hand_over(call)
-        return False
-    if state == RESUMED:
-        # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
-        # collect() raises BaseExceptionGroup([Resume()]).
-        group: Any = error  # BaseExceptionGroup, or the exceptiongroup backport on 3.10
-        if isinstance(getattr(group, "exceptions", None), tuple) and hasattr(group, "split"):
-            match, rest = group.split(Resume)
-            if match is not None:
-                if rest is None:
-                    return True
-                raise rest
-    return False
-
-
-def _ended_by_return(call: Call) -> None:
-    """Check how a call that returned normally left its batch."""
-    state = call.state
-    name = call.batcher.name
-    if state == LEADING:
-        batch = call.batch
-        error = RuntimeError(
-            f"{name}: the leader returned without calling scatter(), so the other members of "
-            "its batch got no result; end the leader's code with `return scatter(results)`",
-        )
-        batch.fail(error, call)
-        raise error
-    if state == RESUMED:
-        msg = (
-            f"{name}: this call was a follower whose result had been routed, but its code "
-            "swallowed the internal signal that unwinds it from collect() (an `except "
-            "BaseException` around collect()?) and returned; let BaseException propagate"
-        )
-        raise RuntimeError(msg)
+    return functools.wraps(fn)(make_wrapper(fn, batcher, partition, method=method))
 
 
 def _partitioner(
