@@ -112,7 +112,6 @@ def _decorate(
         group_by=group_by,
         dedupe=dedupe,
         max_concurrency=max_concurrency,
-        method=method,
     )
     partition = _partitioner(name, method, group_by)
 

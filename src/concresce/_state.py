@@ -89,7 +89,6 @@ class Batcher:
         "max_concurrency",
         "max_size",
         "max_window",
-        "method",
         "name",
         "partitions",
     )
@@ -103,7 +102,6 @@ class Batcher:
         group_by: Callable[..., Hashable] | None,
         dedupe: bool,
         max_concurrency: int | None,
-        method: bool,
     ) -> None:
         self.name = name
         self.max_window = max_window
@@ -111,7 +109,6 @@ class Batcher:
         self.group_by = group_by
         self.dedupe = dedupe
         self.max_concurrency = max_concurrency
-        self.method = method
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
 
@@ -184,7 +181,6 @@ class Batch:
         "count",
         "counts",
         "handle",
-        "leader",
         "live",
         "members",
         "part",
@@ -203,7 +199,6 @@ class Batch:
         self.counts: dict[Any, int] | None = {} if part.batcher.dedupe else None
         self.handle: Handle | None = None
         self.queued = False  # in part.pending
-        self.leader: Call | None = None
         self.scan = 0  # members before this index can no longer lead
         self.callers: list[Call] = []  # the members routed by scatter(), fixed when the leader resumes
         self.count = 0  # how many items the leader received (slots)
@@ -349,7 +344,6 @@ class Batch:
             fut = member.fut
             if member.state == MEMBER and not fut.done():
                 self.scan = index
-                self.leader = member
                 member.state = LEADING
                 fut.set_result(None)
                 return
@@ -409,7 +403,7 @@ class Batch:
             fut.set_result(None)
         self.finish()
 
-    def fail(self, error: BaseException, leader: Call | None) -> None:
+    def fail(self, error: BaseException, leader: Call) -> None:
         """Raise ``error`` in every member still waiting, then end the batch."""
         tb = error.__traceback__
         for member in self.members:
@@ -427,14 +421,12 @@ class Batch:
     def hand_over(self, leader: Call) -> None:
         """The leader left before scatter(): the earliest member still waiting leads instead."""
         leader.state = GONE
-        self.leader = None
         self.callers = []
         self.next_leader()
 
     def finish(self) -> None:
         """Release the concurrency slot and every reference to members (once: only a running batch ends)."""
         self.state = DONE
-        self.leader = None
         self.members = []
         self.callers = []
         self.part.slot_freed()
