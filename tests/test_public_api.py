@@ -108,7 +108,7 @@ def test_errors_docstring_draws_the_real_exception_tree():
     def resolve(name):
         return getattr(concresce, name, None) or getattr(builtins, name)
 
-    assert [name for name, _, _ in rows] == ["Exception", "BatchRoutingError", "MissingResultError"]
+    assert [name for name, _, _ in rows] == ["Exception", "BatchRoutingError", "MissingResultError", "OverloadedError"]
     assert {name for name, _, _ in rows} >= exported
     for name, parent, line in rows:
         if parent is None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
+from ._controls import Batched, Controls
+from ._options import check_callable, check_flag, check_limit, check_weight_limit, check_window
 from ._state import Batcher
 from ._wrapper import make_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
+
+    from ._stats import BatchRecord
 
 __all__ = ["batch"]
 
@@ -21,7 +24,7 @@ R = TypeVar("R")
 
 
 @overload
-def batch(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+def batch(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Batched[P, R]: ...
 @overload
 def batch(
     *,
@@ -30,7 +33,11 @@ def batch(
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
     max_concurrency: int | None = None,
-) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+    weight: Callable[[Any], float] | None = None,
+    max_weight: float | None = None,
+    max_pending: int | None = None,
+    observer: Callable[[BatchRecord], object] | None = None,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Batched[P, R]]: ...
 def batch(
     fn: Any = None,
     /,
@@ -40,6 +47,10 @@ def batch(
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
     max_concurrency: int | None = None,
+    weight: Callable[[Any], float] | None = None,
+    max_weight: float | None = None,
+    max_pending: int | None = None,
+    observer: Callable[[BatchRecord], object] | None = None,
 ) -> Any:
     """Make concurrent calls of an ``async def`` share one bulk operation.
 
@@ -63,14 +74,25 @@ def batch(
             receives the result routed to its item.
         max_concurrency: Batches of one partition running at once at most (``None``: no
             limit). While every slot is busy, the next batch keeps collecting.
+        weight: Called with each item; returns its weight, a number >= 0 (tokens, bytes).
+            Needs ``max_weight``.
+        max_weight: A batch also closes when its items' weights reach this sum; an item that
+            would tip an open batch over it starts the next batch, and an item heavier than
+            the whole budget forms a batch of its own. Needs ``weight``.
+        max_pending: Calls of one partition waiting (in batches not dispatched yet) at most;
+            a call beyond it fails at once with ``OverloadedError``.
+        observer: Called with a ``BatchRecord`` when each batch of this function ends (see
+            ``add_observer()`` for every function).
 
     Returns:
         The batching function (or, with options only, a decorator that makes one). It keeps
-        the name, docstring, signature and ``__wrapped__`` of ``fn``.
+        the name, docstring, signature and ``__wrapped__`` of ``fn``, and has the methods
+        ``stats()``, ``configure()``, ``flush()`` and ``drain()`` (see ``Batched``).
 
     Raises:
         TypeError: ``fn`` is not an ``async def`` function, or an option has the wrong type.
-        ValueError: An option is out of range.
+        ValueError: An option is out of range, or only one of ``weight`` and ``max_weight``
+            was given.
 
     Example::
 
@@ -82,13 +104,23 @@ def batch(
 
     .. versionadded:: 0.3
     """
+    weigh = check_callable("weight", weight)
+    budget = check_weight_limit(max_weight)
+    if (weigh is None) != (budget is None):
+        given, missing = ("weight", "max_weight") if budget is None else ("max_weight", "weight")
+        msg = f"{given} needs {missing}: pass both, e.g. @batch(weight=len, max_weight=4096)"
+        raise ValueError(msg)
     decorate = functools.partial(
         _decorate,
-        max_window=_check_window(max_window),
-        max_size=_check_limit("max_size", max_size),
-        group_by=_check_group_by(group_by),
-        dedupe=_check_flag("dedupe", dedupe),
-        max_concurrency=_check_limit("max_concurrency", max_concurrency),
+        max_window=check_window(max_window),
+        max_size=check_limit("max_size", max_size),
+        group_by=check_callable("group_by", group_by),
+        dedupe=check_flag("dedupe", dedupe),
+        max_concurrency=check_limit("max_concurrency", max_concurrency),
+        weight=weigh,
+        max_weight=budget,
+        max_pending=check_limit("max_pending", max_pending),
+        observer=check_callable("observer", observer),
     )
     return decorate if fn is None else decorate(fn)
 
@@ -101,6 +133,10 @@ def _decorate(
     group_by: Callable[..., Hashable] | None,
     dedupe: bool,
     max_concurrency: int | None,
+    weight: Callable[[Any], float] | None,
+    max_weight: float | None,
+    max_pending: int | None,
+    observer: Callable[[BatchRecord], object] | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     _check_function(fn)
     name: str = getattr(fn, "__qualname__", None) or repr(fn)
@@ -112,10 +148,19 @@ def _decorate(
         group_by=group_by,
         dedupe=dedupe,
         max_concurrency=max_concurrency,
+        weight=weight,
+        max_weight=max_weight,
+        max_pending=max_pending,
+        observer=observer,
     )
     partition = _partitioner(name, method, group_by)
-
-    return functools.wraps(fn)(make_wrapper(fn, batcher, partition, method=method))
+    wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, method=method))
+    controls = Controls(batcher)
+    wrapper.stats = controls.stats
+    wrapper.configure = controls.configure
+    wrapper.flush = controls.flush
+    wrapper.drain = controls.drain
+    return cast("Callable[..., Coroutine[Any, Any, Any]]", wrapper)
 
 
 def _partitioner(
@@ -186,40 +231,3 @@ def _check_function(fn: object) -> None:
         what = f"{fn!r} of type {kind}"
     msg = f"@batch needs an `async def` function, got {what}"
     raise TypeError(msg)
-
-
-def _check_window(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        msg = f"max_window must be a number of seconds (>= 0 and finite), got {value!r}"
-        raise TypeError(msg)
-    seconds = float(value)
-    if not (seconds >= 0 and math.isfinite(seconds)):
-        msg = f"max_window must be >= 0 and finite, got {value!r}"
-        raise ValueError(msg)
-    return seconds
-
-
-def _check_limit(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"{name} must be an int >= 1 or None, got {value!r}"
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"{name} must be >= 1 or None, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_group_by(value: object) -> Callable[..., Hashable] | None:
-    if value is None or callable(value):
-        return cast("Callable[..., Hashable] | None", value)
-    msg = f"group_by must be a callable or None, got {value!r}"
-    raise TypeError(msg)
-
-
-def _check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        msg = f"{name} must be True or False, got {value!r}"
-        raise TypeError(msg)
-    return value

@@ -5,7 +5,19 @@ from __future__ import annotations
 from typing import TypeVar
 
 from ._loop import current_task, running_loop
-from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batch, Call, Partition, Resume, outside_message
+from ._state import (
+    CALLS,
+    IDLE,
+    LEADING,
+    NO_PARTITION,
+    RESUMED,
+    Batch,
+    Call,
+    Partition,
+    Resume,
+    join_guarded,
+    outside_message,
+)
 
 __all__ = ["collect"]
 
@@ -40,6 +52,7 @@ async def collect(item: T) -> list[T]:
 
     Raises:
         RuntimeError: Outside a ``@batch`` call, or awaited twice in one call.
+        OverloadedError: ``max_pending`` calls already wait (this call alone, at once).
         Exception: In a follower, the exception the leader raised before ``scatter()``, or
             this caller's own exception result, or a ``BatchRoutingError``.
 
@@ -65,13 +78,18 @@ async def collect(item: T) -> list[T]:
     batcher = call.batcher
     pkey = call.pkey
     key = loop if pkey is NO_PARTITION else (loop, pkey)
-    part = batcher.partitions.get(key)
-    if part is None:
-        part = batcher.partitions[key] = Partition(batcher, key)
-    batch = part.open
-    if batch is None:
-        batch = part.open = Batch(part)
-    batch.add(call, item, loop)
+    if batcher.guarded:
+        # max_pending or max_weight: may refuse the call, or close the open batch first.
+        batch = join_guarded(call, item, loop, key)
+    else:
+        part = batcher.partitions.get(key)
+        if part is None:
+            part = batcher.partitions[key] = Partition(batcher, key, loop)
+        open_batch = part.open
+        if open_batch is None:
+            open_batch = part.open = Batch(part)
+        open_batch.add(call, item, loop)
+        batch = open_batch
     if call.state == LEADING:
         # The call filled the batch and leads it: no waiting at all (max_size=1).
         return batch.take(call)

@@ -3,8 +3,9 @@
 The tree::
 
     Exception
-     └── BatchRoutingError           scatter() cannot route the results to the callers
-          └── MissingResultError     a keyed result is missing for one caller (also a KeyError)
+     ├── BatchRoutingError           scatter() cannot route the results to the callers
+     │    └── MissingResultError     a keyed result is missing for one caller (also a KeyError)
+     └── OverloadedError             max_pending calls already wait: this call was refused
 
 Misuse of the API (``collect()`` outside a ``@batch`` call, ``scatter()`` twice, a leader that
 returns without ``scatter()``...) raises the built-in ``RuntimeError``; bad decorator options
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import final
 
-__all__ = ["BatchRoutingError", "MissingResultError"]
+__all__ = ["BatchRoutingError", "MissingResultError", "OverloadedError"]
 
 
 class BatchRoutingError(Exception):
@@ -55,3 +56,30 @@ class MissingResultError(BatchRoutingError, KeyError):
     def __reduce__(self) -> tuple[type[MissingResultError], tuple[str, object]]:
         # Exceptions pickle as cls(*args); keep `key` across a pickle round trip.
         return (type(self), (str(self.args[0]), self.key))
+
+
+@final
+class OverloadedError(Exception):
+    """A call was refused because ``max_pending`` calls of its partition already wait.
+
+    Raised from ``collect()`` at once, in the refused call alone, before it joins a batch:
+    the calls already waiting are unaffected. Catch it to answer "busy" (HTTP 503, a retry
+    later) instead of queueing without bound.
+
+    Attributes:
+        function: The decorated function's qualified name.
+        limit: Its ``max_pending``.
+
+    .. versionadded:: 0.3
+    """
+
+    def __init__(self, function: str, limit: int) -> None:
+        super().__init__(
+            f"{function}: {limit} calls are already waiting for a batch (max_pending={limit}); "
+            "this call was refused instead of queueing without bound",
+        )
+        self.function = function
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[OverloadedError], tuple[str, int]]:
+        return (type(self), (self.function, self.limit))

@@ -1,12 +1,13 @@
 """The seam between the batching logic and the event loop.
 
-The batching state machine needs five things from an event loop and takes all of them from
+The batching state machine needs a few things from an event loop and takes all of them from
 here: the identity of the running loop (``running_loop()``, which also keys the per-loop
 state), the task running on it (``current_task()``, which keys the call that task is
-running), and three methods of the loop object, the ``Loop`` protocol: ``create_future()``
-(the waiter a suspended member awaits), ``call_soon(callback)`` and ``call_later(delay,
-callback)``. Another backend (trio, threads for plain ``def`` functions) provides the same
-five operations without touching the batching logic.
+running), and a few methods of the loop object, the ``Loop`` protocol: ``create_future()``
+(the waiter a suspended member awaits), ``call_soon(callback)``, ``call_later(delay,
+callback)``, ``call_soon_threadsafe(callback)`` (``configure()`` from another thread) and
+``time()`` (for the statistics). Another backend (trio, threads for plain ``def``
+functions) provides the same operations without touching the batching logic.
 
 The asyncio implementations are bound directly (C functions): the hot path pays no extra
 Python call for the indirection.
@@ -39,4 +40,12 @@ class Loop(Protocol):
 
     def call_later(self, delay: float, callback: Callable[[], object], /) -> Handle:
         """Run ``callback`` after ``delay`` seconds of the loop's clock."""
+        ...
+
+    def call_soon_threadsafe(self, callback: Callable[[], object], /) -> Handle:
+        """Run ``callback`` on the loop's next turn, from any thread (``configure()`` only)."""
+        ...
+
+    def time(self) -> float:
+        """Return the loop's clock, in seconds."""
         ...

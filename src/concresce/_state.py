@@ -13,15 +13,19 @@ as it has no open, queued or running batch, and a finished batch drops its membe
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
+from ._errors import OverloadedError
 from ._loop import Task, current_task
+from ._stats import OBSERVERS, BatchRecord, Counters, notify
 
 if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
     from collections.abc import Callable, Hashable
     from types import TracebackType
 
     from ._loop import Handle, Loop, Waiter
+    from ._stats import FlushReason, Outcome
 
 # The partition key of a function that is neither a method nor grouped: one batch per loop.
 NO_PARTITION: Final[Any] = object()
@@ -51,6 +55,33 @@ RUNNING: Final[int] = 2  # dispatched to a leader, holding a concurrency slot
 DONE: Final[int] = 3  # routed, failed, discarded or abandoned
 
 
+class Trace(Protocol):
+    """The tracing of one batch (``_otel.py``): links every member, spans every leader's run."""
+
+    def join(self) -> None:
+        """A member joins the batch: remember the span current in its task."""
+
+    def start(self, batch: Batch) -> None:
+        """A leader resumed with the batch's items: start a span, child of the leader's span."""
+
+    def end(self, batch: Batch, outcome: Outcome, error: BaseException | None) -> None:
+        """The leader's run ended (routed, failed, or handed over): end its span."""
+
+
+@final
+class Tracing:
+    """Holds the tracer while tracing is enabled (``enable_tracing()``); read once per batch."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        # Returns the Trace of a new batch; None while tracing is disabled.
+        self.open: Callable[[Batch], Trace] | None = None
+
+
+TRACING: Final = Tracing()
+
+
 class Resume(BaseException):
     """Unwinds a follower from ``collect()`` once its result has been routed.
 
@@ -70,6 +101,55 @@ def current_call(what: str) -> Call:
     return call
 
 
+def join_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object) -> Batch:
+    """Join a batch on collect()'s slow path: load shedding (max_pending), weights (max_weight).
+
+    Raises:
+        OverloadedError: ``max_pending`` calls of the partition already wait.
+        TypeError, ValueError: The weight function returned something that is not a number
+            >= 0 (whatever it raised propagates as is). Either way this call alone fails,
+            before it joins a batch.
+    """
+    batcher = call.batcher
+    weight = 0.0
+    weigh = batcher.weight
+    if weigh is not None and batcher.max_weight is not None:
+        weight = _weight_of(batcher.name, weigh, item)
+    part = batcher.partitions.get(key)
+    limit = batcher.max_pending
+    if limit is not None and part is not None and part.waiting() >= limit:
+        batcher.counters.shed += 1
+        raise OverloadedError(batcher.name, limit)
+    if part is None:
+        part = batcher.partitions[key] = Partition(batcher, key, loop)
+    batch = part.open
+    if batch is not None:
+        max_weight = batch.max_weight
+        if max_weight is not None and batch.live and batch.weight + weight > max_weight:
+            # The item would tip the open batch over its budget: the batch goes as it is.
+            batch.close("weight")
+            batch = None
+    if batch is None:
+        batch = part.open = Batch(part)
+    if batch.max_weight is None:
+        batch.add(call, item, loop)
+    else:
+        batch.add_weighed(call, item, weight, loop)
+    return batch
+
+
+def _weight_of(name: str, weigh: Callable[[Any], float], item: object) -> float:
+    value = cast("object", weigh(item))  # checked: the function is the user's
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name}: weight({item!r}) returned {value!r}; it must return a number >= 0"
+        raise TypeError(msg)
+    weight = float(value)
+    if not (weight >= 0 and weight != float("inf")):
+        msg = f"{name}: weight({item!r}) returned {value!r}; it must return a finite number >= 0"
+        raise ValueError(msg)
+    return weight
+
+
 def outside_message(what: str) -> str:
     """Explain that ``what`` was used outside a call of a decorated function."""
     return (
@@ -84,13 +164,20 @@ class Batcher:
     """Configuration and live partitions of one decorated function."""
 
     __slots__ = (
+        "counters",
         "dedupe",
+        "drainers",
         "group_by",
+        "guarded",
         "max_concurrency",
+        "max_pending",
         "max_size",
+        "max_weight",
         "max_window",
         "name",
+        "observer",
         "partitions",
+        "weight",
     )
 
     def __init__(
@@ -102,6 +189,10 @@ class Batcher:
         group_by: Callable[..., Hashable] | None,
         dedupe: bool,
         max_concurrency: int | None,
+        weight: Callable[[Any], float] | None = None,
+        max_weight: float | None = None,
+        max_pending: int | None = None,
+        observer: Callable[[BatchRecord], object] | None = None,
     ) -> None:
         self.name = name
         self.max_window = max_window
@@ -109,15 +200,31 @@ class Batcher:
         self.group_by = group_by
         self.dedupe = dedupe
         self.max_concurrency = max_concurrency
+        self.weight = weight
+        self.max_weight = max_weight
+        self.max_pending = max_pending
+        self.observer = observer
+        self.guard()
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
+        self.counters = Counters()
+        # Futures of drain() calls, woken when a partition of their loop goes idle.
+        self.drainers: list[Waiter] = []
+
+    def reset_counters(self) -> None:
+        """Restart the statistics (``stats(reset=True)``)."""
+        self.counters = Counters()
+
+    def guard(self) -> None:
+        """Recompute whether calls take the slow path of collect() (weights, load shedding)."""
+        self.guarded = self.max_weight is not None or self.max_pending is not None
 
 
 @final
 class Call:
     """One call of a decorated function: its role in a batch and, for a follower, its outcome."""
 
-    __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value")
+    __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value", "weight")
 
     # No __init__ (a Python-level one costs a frame on the hot path, once per call): the
     # wrapper sets batcher, pkey and state; the rest is set when the call joins a batch (item,
@@ -132,17 +239,19 @@ class Call:
     slot: int  # index of this call's item in the list the leader received
     value: Any  # the routed result or exception
     tb: TracebackType | None  # the routed exception's traceback at routing time
+    weight: float  # with max_weight: the item's weight, while the batch is open
 
 
 @final
 class Partition:
     """The batches of one function on one event loop for one partition key."""
 
-    __slots__ = ("batcher", "key", "open", "pending", "running")
+    __slots__ = ("batcher", "key", "loop", "open", "pending", "running")
 
-    def __init__(self, batcher: Batcher, key: object) -> None:
+    def __init__(self, batcher: Batcher, key: object, loop: AbstractEventLoop) -> None:
         self.batcher = batcher
         self.key = key
+        self.loop = loop
         self.open: Batch | None = None
         # Batches that are due but wait for a concurrency slot, in order (max_concurrency only).
         self.pending: deque[Batch] = deque()
@@ -156,10 +265,8 @@ class Partition:
     def slot_freed(self) -> None:
         """A running batch ended: dispatch queued batches in order while slots are free."""
         self.running -= 1
-        limit = self.batcher.max_concurrency
-        pending = self.pending
-        while pending and (limit is None or self.running < limit):
-            pending.popleft().dispatch()
+        if self.pending:
+            self.release()
         self.forget_if_idle()
 
     def forget_if_idle(self) -> None:
@@ -170,6 +277,30 @@ class Partition:
             # through a nested slot_freed(), which may have removed this partition already.
             if parts.get(self.key) is self:
                 del parts[self.key]
+                if self.batcher.drainers:
+                    self.wake_drainers()
+
+    def waiting(self) -> int:
+        """Calls waiting in batches not dispatched yet (open, or queued for a slot)."""
+        count = sum(batch.live for batch in self.pending)
+        batch = self.open
+        if batch is not None and not batch.queued:
+            count += batch.live
+        return count
+
+    def release(self) -> None:
+        """Dispatch queued batches while slots are free (max_concurrency was raised)."""
+        limit = self.batcher.max_concurrency
+        pending = self.pending
+        while pending and (limit is None or self.running < limit):
+            pending.popleft().dispatch()
+
+    def wake_drainers(self) -> None:
+        """Wake the drain() calls waiting on this partition's loop: they look again."""
+        loop = self.loop
+        for fut in self.batcher.drainers:
+            if fut.get_loop() is loop and not fut.done():
+                fut.set_result(None)
 
 
 @final
@@ -180,28 +311,47 @@ class Batch:
         "callers",
         "count",
         "counts",
+        "dispatched",
         "handle",
+        "handovers",
         "live",
+        "max_size",
+        "max_weight",
         "members",
+        "opened",
         "part",
         "queued",
+        "reason",
         "scan",
         "size",
         "state",
+        "trace",
+        "weight",
     )
 
     def __init__(self, part: Partition) -> None:
+        batcher = part.batcher
         self.part = part
         self.state = OPEN
         self.members: list[Call] = []  # every call that joined, in arrival order
         self.live = 0  # members that have not left while the batch was open
         self.size = 0  # distinct live items (== live unless dedupe)
-        self.counts: dict[Any, int] | None = {} if part.batcher.dedupe else None
+        self.counts: dict[Any, int] | None = {} if batcher.dedupe else None
+        # The limits in force when the batch opened: configure() applies from the next batch.
+        self.max_size = batcher.max_size
+        self.max_weight = batcher.max_weight
+        self.weight = 0.0  # with max_weight: the weight of the live members' items
         self.handle: Handle | None = None
         self.queued = False  # in part.pending
         self.scan = 0  # members before this index can no longer lead
         self.callers: list[Call] = []  # the members routed by scatter(), fixed when the leader resumes
         self.count = 0  # how many items the leader received (slots)
+        self.reason: FlushReason | None = None  # why it stopped collecting
+        self.opened = part.loop.time()
+        self.dispatched = 0.0
+        self.handovers = 0
+        open_trace = TRACING.open
+        self.trace = None if open_trace is None else open_trace(self)
 
     # -- joining and leaving while open -------------------------------------------------
 
@@ -213,6 +363,9 @@ class Batch:
         call.fut = loop.create_future()
         self.members.append(call)
         self.live += 1
+        trace = self.trace
+        if trace is not None:
+            trace.join()
         counts = self.counts
         if counts is None:
             self.size += 1
@@ -225,23 +378,34 @@ class Batch:
                 counts[item] = seen + 1
                 if not seen:
                     self.size += 1
-        batcher = self.part.batcher
-        max_size = batcher.max_size
+        max_size = self.max_size
         if max_size is not None and self.size >= max_size:
-            self.close_full()
+            self.close("size")
         elif self.handle is None and not self.queued:
             # First member: start the clock. With max_window=0 the batch is flushed on the
             # next loop turn, so every call that reaches collect() in this turn (and every
             # task already scheduled for it) shares the batch. call_soon, not a task with
             # sleep(0): one callback per batch, nothing to cancel or await.
-            if batcher.max_window:
-                self.handle = loop.call_later(batcher.max_window, self.on_due)
+            window = self.part.batcher.max_window
+            if window:
+                self.handle = loop.call_later(window, self.on_window)
             else:
-                self.handle = loop.call_soon(self.on_due)
+                self.handle = loop.call_soon(self.on_tick)
+
+    def add_weighed(self, call: Call, item: object, weight: float, loop: Loop) -> None:
+        """Add ``call`` whose item weighs ``weight``; close the batch once it reaches max_weight."""
+        call.weight = weight
+        self.weight += weight
+        self.add(call, item, loop)
+        max_weight = self.max_weight
+        if self.state == OPEN and max_weight is not None and self.weight >= max_weight:
+            self.close("weight")
 
     def leave_open(self, call: Call) -> None:
         """A member left before the batch was dispatched: its item is not passed on."""
         self.live -= 1
+        if self.max_weight is not None:
+            self.weight -= call.weight
         counts = self.counts
         if counts is None:
             self.size -= 1
@@ -267,6 +431,7 @@ class Batch:
         state = call.state
         call.state = GONE
         call.value = call.tb = None  # a routed result, if any, is dropped
+        self.part.batcher.counters.cancellations += 1
         if state == MEMBER:
             if self.state in (OPEN, CLOSED):
                 self.leave_open(call)
@@ -280,6 +445,7 @@ class Batch:
         self.state = DONE
         self.cancel_timer()
         part = self.part
+        part.batcher.counters.calls += len(self.members)
         if part.open is self:
             part.open = None
         if self.queued:
@@ -289,9 +455,19 @@ class Batch:
 
     # -- becoming due and dispatching -------------------------------------------------
 
-    def on_due(self) -> None:
-        """The window expired (or the tick passed): dispatch, or queue for a slot."""
+    def on_tick(self) -> None:
+        """The loop turned since the first member joined (``max_window=0``)."""
+        self.due("tick")
+
+    def on_window(self) -> None:
+        """The window expired."""
+        self.due("window")
+
+    def due(self, reason: FlushReason) -> None:
+        """Dispatch now, or queue for a concurrency slot."""
         self.handle = None
+        if self.reason is None:
+            self.reason = reason
         part = self.part
         if part.has_slot():
             self.dispatch()
@@ -301,8 +477,10 @@ class Batch:
             self.queued = True
             part.pending.append(self)
 
-    def close_full(self) -> None:
-        """The batch holds max_size items: close it and dispatch it (or queue it)."""
+    def close(self, reason: FlushReason) -> None:
+        """Stop collecting (full, heavy enough, or flushed): dispatch the batch, or queue it."""
+        if self.reason is None:
+            self.reason = reason
         part = self.part
         part.open = None
         self.cancel_timer()
@@ -331,6 +509,12 @@ class Batch:
         self.state = RUNNING
         self.counts = None
         part.running += 1
+        now = self.dispatched = part.loop.time()
+        counters = part.batcher.counters
+        counters.batches += 1
+        counters.calls += len(self.members)
+        counters.flushes[self.reason or "tick"] += 1
+        counters.wait_time.add(now - self.opened)
         self.next_leader()
 
     def next_leader(self) -> None:
@@ -348,7 +532,7 @@ class Batch:
                 fut.set_result(None)
                 return
         self.scan = count
-        self.finish()
+        self.finish("handover")
 
     def take(self, leader: Call) -> list[Any]:
         """Fix the members the leader serves and return their items, in arrival order.
@@ -381,6 +565,8 @@ class Batch:
             items.append(item)
         self.callers = callers
         self.count = len(items)
+        if self.trace is not None:
+            self.trace.start(self)
         return items
 
     # -- ending -------------------------------------------------------------------------
@@ -401,7 +587,7 @@ class Batch:
             else:
                 member.state = RESUMED
             fut.set_result(None)
-        self.finish()
+        self.finish("ok")
 
     def fail(self, error: BaseException, leader: Call) -> None:
         """Raise ``error`` in every member still waiting, then end the batch."""
@@ -416,17 +602,59 @@ class Batch:
             member.tb = tb
             member.state = FAILED
             fut.set_result(None)
-        self.finish()
+        self.finish("error", error)
 
     def hand_over(self, leader: Call) -> None:
         """The leader left before scatter(): the earliest member still waiting leads instead."""
         leader.state = GONE
         self.callers = []
+        self.handovers += 1
+        self.part.batcher.counters.handovers += 1
+        if self.trace is not None:
+            self.trace.end(self, "handover", None)
         self.next_leader()
 
-    def finish(self) -> None:
-        """Release the concurrency slot and every reference to members (once: only a running batch ends)."""
+    def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """Record how the batch ended, then release its slot and every reference to members.
+
+        Runs once: only a running batch ends.
+        """
         self.state = DONE
+        part = self.part
+        batcher = part.batcher
+        duration = part.loop.time() - self.dispatched
+        counters = batcher.counters
+        counters.items += self.count
+        counters.batch_size.add(self.count)
+        counters.bulk_duration.add(duration)
+        if error is not None:
+            counters.leader_failures += 1
+        if self.trace is not None and outcome != "handover":
+            self.trace.end(self, outcome, error)
+        if batcher.observer is not None or OBSERVERS:
+            self.report(outcome, error, duration)
         self.members = []
         self.callers = []
-        self.part.slot_freed()
+        part.slot_freed()
+
+    def report(self, outcome: Outcome, error: BaseException | None, duration: float) -> None:
+        """Pass the batch's record to its function's observer and the global observers."""
+        part = self.part
+        batcher = part.batcher
+        pkey = part.key
+        record = BatchRecord(
+            function=batcher.name,
+            partition=None if pkey is part.loop else repr(pkey[1]),  # type: ignore[index]
+            calls=len(self.members),
+            size=self.count,
+            reason=self.reason or "tick",
+            waited=self.dispatched - self.opened,
+            duration=duration,
+            outcome=outcome,
+            error=None if error is None else type(error),
+            handovers=self.handovers,
+        )
+        observers = list(OBSERVERS)
+        if batcher.observer is not None:
+            observers.insert(0, batcher.observer)
+        notify(observers, record)

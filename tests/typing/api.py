@@ -8,11 +8,23 @@ reportUnnecessaryTypeIgnoreComment (pyright), a checker that stopped seeing it f
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from typing_extensions import assert_type
 
-from concresce import BatchRoutingError, MissingResultError, batch, collect, scatter
+from concresce import (
+    BatchRecord,
+    BatchRoutingError,
+    Batched,
+    BatchStats,
+    MissingResultError,
+    OverloadedError,
+    Summary,
+    add_observer,
+    batch,
+    collect,
+    scatter,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -74,7 +86,7 @@ async def usage(blobs: tuple[bytes, ...]) -> None:
     repo = Repository()
     assert_type(await repo.get(1), tuple[int, str])
     assert_type(await Repository.by_class(1), int)
-    assert_type(await Repository.shared(1), int)
+    # (Repository.shared, a @staticmethod over @batch: see pyright_only.py.)
     results = await asyncio.gather(bare(1), bare(2))
     assert_type(results, tuple[str, str])
     coroutine: Coroutine[Any, Any, str] = bare(3)
@@ -91,7 +103,37 @@ async def usage(blobs: tuple[bytes, ...]) -> None:
     await repo.get(row_id="x")  # type: ignore[arg-type]
 
 
+async def controls() -> None:
+    # The controls are typed on functions, on methods through an instance, and on classmethods.
+    assert_type(bare.stats(), BatchStats)
+    assert_type(bare.stats(reset=True).batch_size, Summary)
+    assert_type(bare.stats().flushes["tick"], int)
+    assert_type(Repository().get.stats(), BatchStats)
+    assert_type(Repository.by_class.stats(), BatchStats)
+    bare.configure(max_window=0.01, max_size=None, max_concurrency=2, max_pending=100)
+    assert_type(bare.flush(), int)
+    await bare.drain()
+    await Repository().get.drain()
+    bare.configure(max_size="10")  # type: ignore[arg-type]
+    bare.configure(0.1)  # type: ignore[call-arg]
+    decorated: Batched[[int], str] = bare
+    assert_type(await decorated(1), str)
+
+
+def observe(record: BatchRecord) -> None:
+    assert_type(record.outcome, 'Literal["ok", "error", "handover"]')
+    assert_type(record.error, "type[BaseException] | None")
+
+
+@batch(weight=len, max_weight=4096, max_pending=1000, observer=observe)
+async def weighted(text: str) -> int:
+    texts = await collect(text)
+    return scatter([len(t) for t in texts])
+
+
 def errors() -> None:
+    add_observer(observe)
+    assert_type(OverloadedError("f", 3).limit, int)
     assert issubclass(MissingResultError, KeyError)
     assert issubclass(MissingResultError, BatchRoutingError)
     error = MissingResultError("f: scatter() has no result for key 3", 3)

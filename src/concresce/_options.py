@@ -1,0 +1,65 @@
+"""Validation of ``@batch``'s options, shared by the decorator and ``configure()``.
+
+Every check names the option and what was given, and returns the normalised value.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["check_callable", "check_flag", "check_limit", "check_weight_limit", "check_window"]
+
+
+def check_window(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"max_window must be a number of seconds (>= 0 and finite), got {value!r}"
+        raise TypeError(msg)
+    seconds = float(value)
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        msg = f"max_window must be >= 0 and finite, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def check_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int >= 1 or None, got {value!r}"
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1 or None, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_callable(name: str, value: object) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return cast("Callable[..., Any] | None", value)
+    msg = f"{name} must be a callable or None, got {value!r}"
+    raise TypeError(msg)
+
+
+def check_weight_limit(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"max_weight must be a number > 0 or None, got {value!r}"
+        raise TypeError(msg)
+    limit = float(value)
+    if not (limit > 0 and math.isfinite(limit)):
+        msg = f"max_weight must be > 0 and finite, or None, got {value!r}"
+        raise ValueError(msg)
+    return limit
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value
