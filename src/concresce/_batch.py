@@ -94,15 +94,16 @@ def batch(
         ValueError: An option is out of range, or only one of ``weight`` and ``max_weight``
             was given.
 
-    Example::
-
+    Example:
+        ```python
         @batch(max_window=0.05, max_size=100)
         async def fetch_user_score(user_id: int) -> int:
             user_ids = await collect(user_id)
             scores = await db.bulk_fetch_scores(user_ids)
             return scatter(scores)
+        ```
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     weigh = check_callable("weight", weight)
     budget = check_weight_limit(max_weight)

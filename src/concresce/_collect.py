@@ -56,15 +56,16 @@ async def collect(item: T) -> list[T]:
         Exception: In a follower, the exception the leader raised before ``scatter()``, or
             this caller's own exception result, or a ``BatchRoutingError``.
 
-    Example::
-
+    Example:
+        ```python
         @batch(max_window=0.01)
         async def get_user(user_id: int) -> User | None:
             ids = await collect(user_id)
             rows = await db.fetch_users(ids)
             return scatter({row.id: row for row in rows}, default=None)
+        ```
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     try:
         call = CALLS.get(current_task())  # type: ignore[arg-type]  # None is never a key

@@ -52,7 +52,7 @@ class Batched(Protocol[P, R]):  # pyright: ignore[reportInvalidTypeVarUse]
     statistics and controls of its batching as attributes. A decorated method binds like a
     method; the controls are shared by every instance (they act on every partition).
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -116,7 +116,7 @@ class Controls:
         Returns:
             A ``BatchStats``.
 
-        .. versionadded:: 0.3
+        Added in version 0.3.
         """
         batcher = self.batcher
         open_calls = open_now = in_flight_now = 0
@@ -160,7 +160,7 @@ class Controls:
             ValueError: An option is out of range, or ``max_weight`` is set on a function
                 decorated without ``weight=`` (nothing is changed).
 
-        .. versionadded:: 0.3
+        Added in version 0.3.
         """
         batcher = self.batcher
         # Validate everything before changing anything.
@@ -201,7 +201,7 @@ class Controls:
         Raises:
             RuntimeError: No event loop is running in this thread.
 
-        .. versionadded:: 0.3
+        Added in version 0.3.
         """
         loop = running_loop()
         closed = 0
@@ -222,7 +222,7 @@ class Controls:
             RuntimeError: Called inside a call of the same function, which would wait for
                 itself.
 
-        .. versionadded:: 0.3
+        Added in version 0.3.
         """
         batcher = self.batcher
         loop = running_loop()

@@ -27,7 +27,7 @@ class BatchRoutingError(Exception):
     unhashable item without ``key``, or a ``key`` function that raised. The message names
     the decorated function and says what was wrong.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
 
@@ -42,7 +42,7 @@ class MissingResultError(BatchRoutingError, KeyError):
     Attributes:
         key: The key that was looked up and not found.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     def __init__(self, message: str, key: object) -> None:
@@ -70,7 +70,7 @@ class OverloadedError(Exception):
         function: The decorated function's qualified name.
         limit: Its ``max_pending``.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     def __init__(self, function: str, limit: int) -> None:

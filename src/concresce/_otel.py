@@ -40,7 +40,7 @@ def enable_tracing(tracer_provider: Any = None) -> None:
     Raises:
         ImportError: OpenTelemetry is not installed (``pip install 'concresce[otel]'``).
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     try:
         from opentelemetry import trace  # noqa: PLC0415 -- imported only when tracing is wanted
@@ -58,7 +58,7 @@ def enable_tracing(tracer_provider: Any = None) -> None:
 def disable_tracing() -> None:
     """Stop creating spans for new batches (batches already open keep theirs).
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     TRACING.open = None
 

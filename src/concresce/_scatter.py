@@ -66,14 +66,15 @@ def scatter(
         MissingResultError: Keyed mode, no ``default``, and the leader's own key is missing.
         RuntimeError: Not called by the leader of a batch, or called twice.
 
-    Example::
-
+    Example:
+        ```python
         @batch
         async def get_score(user_id: int) -> int:
             ids = await collect(user_id)
             return scatter(await db.bulk_scores(ids))  # one score per id, same order
+        ```
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     call = current_call("scatter()")
     state = call.state

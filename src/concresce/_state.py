@@ -111,18 +111,20 @@ def join_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object)
             before it joins a batch.
     """
     batcher = call.batcher
+    part = batcher.partitions.get(key)
+    batch = None if part is None else part.open
     weight = 0.0
     weigh = batcher.weight
-    if weigh is not None and batcher.max_weight is not None:
+    # Weigh the item if the open batch or the batch it would open has a budget: an open batch
+    # keeps the max_weight it opened with, even after configure(max_weight=None).
+    if weigh is not None and (batcher.max_weight is not None or (batch is not None and batch.max_weight is not None)):
         weight = _weight_of(batcher.name, weigh, item)
-    part = batcher.partitions.get(key)
     limit = batcher.max_pending
     if limit is not None and part is not None and part.waiting() >= limit:
         batcher.counters.shed += 1
         raise OverloadedError(batcher.name, limit)
     if part is None:
         part = batcher.partitions[key] = Partition(batcher, key, loop)
-    batch = part.open
     if batch is not None:
         max_weight = batch.max_weight
         if max_weight is not None and batch.live and batch.weight + weight > max_weight:
@@ -216,8 +218,12 @@ class Batcher:
         self.counters = Counters()
 
     def guard(self) -> None:
-        """Recompute whether calls take the slow path of collect() (weights, load shedding)."""
-        self.guarded = self.max_weight is not None or self.max_pending is not None
+        """Recompute whether calls take the slow path of collect() (weights, load shedding).
+
+        A function with a weight function always does: a batch opened with a ``max_weight``
+        keeps it after ``configure(max_weight=None)``, and its members must be weighed.
+        """
+        self.guarded = self.weight is not None or self.max_pending is not None
 
 
 @final
@@ -268,6 +274,9 @@ class Partition:
         if self.pending:
             self.release()
         self.forget_if_idle()
+        if self.open is not None and self.batcher.drainers:
+            # A batch opened while drain() waited: let drain() flush it now, not at its window.
+            self.wake_drainers()
 
     def forget_if_idle(self) -> None:
         """Remove this partition from its function's table once nothing in it is active."""
@@ -466,8 +475,8 @@ class Batch:
     def due(self, reason: FlushReason) -> None:
         """Dispatch now, or queue for a concurrency slot."""
         self.handle = None
-        if self.reason is None:
-            self.reason = reason
+        # The timer is cancelled when the batch is closed, so the batch has no reason yet.
+        self.reason = reason
         part = self.part
         if part.has_slot():
             self.dispatch()

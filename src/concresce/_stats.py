@@ -58,7 +58,7 @@ class Summary:
         buckets: ``(upper_bound, count)`` pairs, not cumulative: the count of values ``v`` with
             ``previous_bound < v <= upper_bound``; the last bound is ``math.inf``.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     count: int
@@ -97,7 +97,7 @@ class BatchStats:
         wait_time: Seconds from a batch's first ``collect()`` to its dispatch.
         bulk_duration: Seconds from a batch's dispatch to its end (``scatter()`` or failure).
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     calls: int
@@ -133,7 +133,7 @@ class BatchRecord:
         error: The exception's type when ``outcome`` is ``"error"``, else ``None``.
         handovers: How many leaders left before ``scatter()`` and passed the batch on.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     function: str
@@ -166,7 +166,7 @@ def add_observer(observer: Callable[[BatchRecord], object], /) -> None:
     Raises:
         TypeError: ``observer`` is not callable.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     if not callable(cast("object", observer)):  # checked for callers without a type checker
         msg = f"observer must be callable, got {observer!r}"
@@ -181,7 +181,7 @@ def remove_observer(observer: Callable[[BatchRecord], object], /) -> None:
     Raises:
         ValueError: ``observer`` was not added.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
     try:
         OBSERVERS.remove(observer)
