@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import runpy
 import sys
+import types
 
 import pytest
 
@@ -85,6 +87,7 @@ def test_demo_exits_1_when_a_caller_gets_a_wrong_row(
         (["--max-window", "inf"], "argument --max-window: must be a finite number"),
         (["--max-window", "soon"], "argument --max-window: must be a finite number"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--postgres"], "argument --postgres: expected one argument"),
     ],
 )
 def test_demo_rejects_bad_options(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,3 +124,142 @@ def test_python_dash_m_runs_main(capsys: pytest.CaptureFixture[str], monkeypatch
         runpy.run_module("concresce", run_name="__main__")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m concresce")
+
+
+def test_postgres_without_asyncpg_says_how_to_install_it(capsys, monkeypatch):
+    """--postgres with no asyncpg installed is a usage error (exit 2) that says `pip install asyncpg`."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # makes `import asyncpg` fail
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--postgres", "postgresql://localhost/db"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--postgres needs the asyncpg driver, which is not installed: pip install asyncpg" in captured.err
+    assert captured.out == ""
+
+
+class _FakePool:
+    """Just enough of an asyncpg pool for the demo's statements, over dicts."""
+
+    def __init__(self, fail_on: str | None) -> None:
+        self.tables: dict[str, dict[int, int]] = {}
+        self.statements: list[str] = []
+        self.fail_on = fail_on
+        self.closed = False
+
+    def _log(self, query: str) -> list[str]:
+        self.statements.append(query)
+        if self.fail_on is not None and query.startswith(self.fail_on):
+            msg = f"permission denied for {self.fail_on}"
+            raise _FakeAsyncpg.PostgresError(msg)
+        return query.split()
+
+    async def execute(self, query, *args):
+        words = self._log(query)
+        assert not args
+        if words[:2] == ["CREATE", "TABLE"]:
+            assert words[2] not in self.tables
+            self.tables[words[2]] = {}
+        elif words[:4] == ["DROP", "TABLE", "IF", "EXISTS"]:
+            self.tables.pop(words[4], None)
+        else:
+            assert words[0] == "ANALYZE"
+            assert words[1] in self.tables
+        return "OK"
+
+    async def executemany(self, command, args):
+        words = self._log(command)
+        assert words[:2] == ["INSERT", "INTO"]
+        self.tables[words[2]].update(args)
+
+    async def fetchval(self, query, *args):
+        assert self._log(query) == ["SHOW", "server_version"]
+        return "99.0 (fake)"
+
+    async def fetch(self, query, *args):
+        self._log(query)
+        rows = self.tables[query.split(" FROM ")[1].split()[0]]
+        (arg,) = args
+        ids = arg if "= ANY($1" in query else [arg]
+        await asyncio.sleep(0)  # a round trip: let the other callers run
+        return [(user_id, rows[user_id]) for user_id in ids if user_id in rows]
+
+    async def close(self):
+        self.closed = True
+
+
+class _FakeAsyncpg(types.ModuleType):
+    class PostgresError(Exception):
+        pass
+
+    class InterfaceError(Exception):
+        pass
+
+    def __init__(self, *, connect_error: Exception | None = None, fail_on: str | None = None) -> None:
+        super().__init__("asyncpg")
+        self.connect_error = connect_error
+        self.fail_on = fail_on
+        self.pools: list[_FakePool] = []
+        self.dsns: list[str] = []
+
+    async def create_pool(self, dsn, *, min_size, max_size):
+        assert min_size == max_size == 10
+        self.dsns.append(dsn)
+        if self.connect_error is not None:
+            raise self.connect_error
+        self.pools.append(_FakePool(self.fail_on))
+        return self.pools[-1]
+
+
+def test_postgres_demo_runs_on_its_own_table_and_drops_it(capsys, monkeypatch):
+    """--postgres: the demo creates a table, counts the queries, checks every row and drops the table."""
+    fake = _FakeAsyncpg()
+    monkeypatch.setitem(sys.modules, "asyncpg", fake)
+    assert main(["demo", "--postgres", "postgresql://demo@db:5432/app", "--n", "50", "--max-size", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "created for the demo in PostgreSQL 99.0 (fake)" in out
+    assert "an asyncpg pool of 10 connections" in out
+    table = _table(out)
+    assert table == {
+        "one query per call": (50, "ok"),
+        "@batch(max_window=0, max_size=20)": (3, "ok"),
+        "@batch(max_window=0.002, max_size=20)": (3, "ok"),
+    }
+    assert fake.dsns == ["postgresql://demo@db:5432/app"]
+    (pool,) = fake.pools
+    assert pool.closed
+    assert pool.tables == {}  # dropped
+    created = next(s for s in pool.statements if s.startswith("CREATE TABLE"))
+    assert re.fullmatch(r"CREATE TABLE concresce_demo_[0-9a-f]{12} \(.*\)", created)
+    assert pool.statements[-1].startswith("DROP TABLE IF EXISTS concresce_demo_")
+
+
+def test_postgres_demo_reports_a_failed_check(capsys, monkeypatch):
+    """The check column and exit code 1 work the same on PostgreSQL."""
+    monkeypatch.setitem(sys.modules, "asyncpg", _FakeAsyncpg())
+    monkeypatch.setattr(concresce._demo, "_expected", lambda _user_id: None)
+    assert main(["demo", "--postgres", "postgresql://db/app", "--n", "4"]) == 1
+    out = capsys.readouterr().out
+    assert [check for _queries, check in _table(out).values()] == ["FAILED: 4 of 4 wrong"] * 3
+
+
+@pytest.mark.parametrize(
+    ("connect_error", "fail_on", "message"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), None, "PostgreSQL: ConnectionRefusedError: "),
+        (_FakeAsyncpg.InterfaceError("bad DSN"), None, "PostgreSQL: InterfaceError: bad DSN"),
+        (None, "CREATE TABLE", "PostgreSQL: PostgresError: permission denied for CREATE TABLE"),
+        (None, "INSERT", "PostgreSQL: PostgresError: permission denied for INSERT"),
+    ],
+)
+def test_postgres_errors_exit_2_with_a_message(connect_error, fail_on, message, capsys, monkeypatch):
+    """A server that cannot be reached or used: exit code 2, the error on stderr, no table left behind."""
+    fake = _FakeAsyncpg(connect_error=connect_error, fail_on=fail_on)
+    monkeypatch.setitem(sys.modules, "asyncpg", fake)
+    assert main(["demo", "--postgres", "postgresql://db/app", "--n", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("python -m concresce demo: error: ")
+    assert message in captured.err
+    for pool in fake.pools:
+        assert pool.closed
+        assert pool.tables == {}

@@ -1,0 +1,75 @@
+"""Smoke test of the end-to-end benchmark (benchmarks/e2e/run.py) in a tiny mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e" / "run.py"
+
+LATENCY_KEYS = {"p50", "p90", "p99", "max", "mean"}
+ROW_KEYS = {
+    "strategy",
+    "concurrency",
+    "requests",
+    "seconds",
+    "throughput_rps",
+    "throughput_rps_rounds",
+    "latency_ms",
+    "queries",
+    "queries_per_request",
+    "items_per_query",
+    "server_cpu_ms_per_request",
+    "client_cpu_ms_per_request",
+}
+
+
+def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
+    """Two strategies at 1 and 8 clients: a well-formed report, and batching saves queries."""
+    command = [
+        sys.executable,
+        str(RUN),
+        f"--dsn={postgres_dsn}",
+        "--strategies=unbatched,tick",
+        "--concurrency=1,8",
+        "--rounds=1",
+        "--warmup=0.1",
+        "--duration=0.3",
+        f"--out={tmp_path}",
+        "--no-plot",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, check=False)  # noqa: S603
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "latest.md").read_text(encoding="utf-8") == completed.stdout
+    assert not (tmp_path / "latest.png").exists()
+
+    result = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
+    assert set(result) == {"meta", "results", "summary"}
+    assert result["meta"]["strategies"] == ["unbatched", "tick"]
+    assert result["meta"]["items_per_request"] == 10
+    rows = {(row["strategy"], row["concurrency"]): row for row in result["results"]}
+    assert set(rows) == {("unbatched", 1), ("tick", 1), ("unbatched", 8), ("tick", 8)}
+    for row in rows.values():
+        assert set(row) == ROW_KEYS
+        assert set(row["latency_ms"]) == LATENCY_KEYS
+        assert row["requests"] > 0
+        assert row["throughput_rps"] > 0
+        assert len(row["throughput_rps_rounds"]) == 1
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"]
+
+    for concurrency in (1, 8):
+        unbatched, tick = rows["unbatched", concurrency], rows["tick", concurrency]
+        # One query per lookup, ten lookups per request...
+        assert unbatched["queries"] == 10 * unbatched["requests"]
+        assert unbatched["items_per_query"] == 1
+        # ...against at most one query per request: a request's ten gathered lookups reach
+        # collect() in the same loop turn, and concurrent requests can share a batch too.
+        assert 0 < tick["queries"] <= tick["requests"]
+        assert tick["queries_per_request"] < unbatched["queries_per_request"]
+    assert rows["tick", 1]["queries"] == rows["tick", 1]["requests"]  # one client: nobody to share with
+
+    summary = result["summary"]
+    assert summary["best_concresce_at_high"]["strategy"] == "tick"
+    assert summary["high_concurrency"] == 8
