@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from typing_extensions import assert_type
 
 from concresce import (
+    Batched,
     BatchRecord,
     BatchRoutingError,
-    Batched,
     BatchStats,
     MissingResultError,
     OverloadedError,
@@ -121,7 +121,9 @@ async def controls() -> None:
 
 
 def observe(record: BatchRecord) -> None:
-    assert_type(record.outcome, 'Literal["ok", "error", "handover"]')
+    outcome: Literal["ok", "error", "handover"] = record.outcome
+    assert_type(record.outcome, Literal["ok", "error", "handover"])
+    del outcome
     assert_type(record.error, "type[BaseException] | None")
 
 
