@@ -273,21 +273,22 @@ class Partition:
         self.running -= 1
         if self.pending:
             self.release()
-        self.forget_if_idle()
-        if self.open is not None and self.batcher.drainers:
-            # A batch opened while drain() waited: let drain() flush it now, not at its window.
-            self.wake_drainers()
+        self.batch_ended()
 
-    def forget_if_idle(self) -> None:
-        """Remove this partition from its function's table once nothing in it is active."""
+    def batch_ended(self) -> None:
+        """A batch ended (ran or was discarded): forget this partition if nothing is active.
+
+        Any drain() waiting on this loop looks again: it returns once the partition is gone,
+        and flushes a batch that opened while it waited.
+        """
         if self.open is None and self.running == 0 and not self.pending:
             parts = self.batcher.partitions
             # A queued batch that ended at its dispatch (every member gone) frees its slot
             # through a nested slot_freed(), which may have removed this partition already.
             if parts.get(self.key) is self:
                 del parts[self.key]
-                if self.batcher.drainers:
-                    self.wake_drainers()
+        if self.batcher.drainers:
+            self.wake_drainers()
 
     def waiting(self) -> int:
         """Calls waiting in batches not dispatched yet (open, or queued for a slot)."""
@@ -460,7 +461,7 @@ class Batch:
         if self.queued:
             part.pending.remove(self)
         self.members = []
-        part.forget_if_idle()
+        part.batch_ended()
 
     # -- becoming due and dispatching -------------------------------------------------
 
