@@ -39,21 +39,25 @@ fail on CI) when the server is missing, like ``postgres_dsn`` does.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import importlib.util
 import os
 import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import uvicorn
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterator
+    from collections.abc import Callable, Coroutine, Generator, Iterator
     from types import ModuleType
 
 HERE: Final = Path(__file__).resolve().parent
@@ -262,3 +266,54 @@ def load_example() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def demo_database(postgres_dsn: str) -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``with demo_database(example, users=N, lonely_user=K) as dsn``: a database of its own.
+
+    Filled by ``example.install_demo_data(pool, users=N)`` (the FastAPI and Strawberry
+    examples share that schema) plus user ``K``, who follows nobody; dropped at the end. Made
+    and dropped on a loop of its own in a worker thread, as the test's loop changes with the
+    backend.
+    """
+
+    @contextlib.contextmanager
+    def make(example: ModuleType, *, users: int, lonely_user: int) -> Iterator[str]:
+        import asyncpg  # noqa: PLC0415 -- the integration group's client, only where needed
+
+        name = f"concresce_{example.__name__.rpartition('.')[2]}_{uuid.uuid4().hex[:12]}"
+        database_dsn = urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
+
+        async def create() -> None:
+            admin = await asyncpg.connect(postgres_dsn)
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+            pool = await example.create_pool(database_dsn)
+            try:
+                await example.install_demo_data(pool, users=users)
+                await pool.execute("INSERT INTO users VALUES ($1, $2)", lonely_user, "lonely")
+            finally:
+                await pool.close()
+
+        async def drop() -> None:
+            admin = await asyncpg.connect(postgres_dsn)
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
+
+        try:
+            _run_in_thread(create)
+            yield database_dsn
+        finally:
+            _run_in_thread(drop)
+
+    return make
+
+
+def _run_in_thread(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(asyncio.run, function()).result()

@@ -14,18 +14,15 @@ PostgreSQL, where there is nothing the test's loop could await: they poll, with 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from types import ModuleType
 
 pytestmark = pytest.mark.anyio
@@ -42,45 +39,10 @@ def example(load_example) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def dsn(postgres_dsn: str, example: ModuleType) -> Iterator[str]:
-    """A database of this module's own, with the demo data; dropped at the end.
-
-    The tests only read it. Made and dropped on a loop of its own in a worker thread, as
-    the test's loop changes with the backend.
-    """
-    name = f"concresce_fastapi_{uuid.uuid4().hex[:12]}"
-    database_dsn = urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
-
-    async def create() -> None:
-        admin = await asyncpg.connect(postgres_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        pool = await example.create_pool(database_dsn)
-        try:
-            await example.install_demo_data(pool, users=USERS)
-            await pool.execute("INSERT INTO users VALUES ($1, $2)", LONELY_USER, "lonely")
-        finally:
-            await pool.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(postgres_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    try:
-        run_in_thread(create)
+def dsn(demo_database, example: ModuleType) -> Iterator[str]:
+    """A database of this module's own, with the demo data; the tests only read it."""
+    with demo_database(example, users=USERS, lonely_user=LONELY_USER) as database_dsn:
         yield database_dsn
-    finally:
-        run_in_thread(drop)
-
-
-def run_in_thread(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    with concurrent.futures.ThreadPoolExecutor(1) as executor:
-        executor.submit(asyncio.run, function()).result()
 
 
 @pytest.fixture
