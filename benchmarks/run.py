@@ -14,11 +14,9 @@ machine hits them all alike. See ``benchmarks/README.md`` for what is measured a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from _machine import machine
 from _report import load_pyplot, markdown, plot, summarize
 from _systems import SYSTEM_NAMES, SYSTEMS, System
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
-REPO_DIR: Final = BENCH_DIR.parent
 OLD = "concresce-0.1.0"  # the original release, measured from its own install directory
 OLD_REQUIREMENT = "concresce==0.1.0"
 OLD_TARGET: Final = BENCH_DIR / ".cache" / OLD
@@ -314,41 +312,6 @@ def measure_memory(plan: Plan, workers: list[Worker]) -> list[dict[str, Any]]:
         )
         log(f"  memory {name}: {stat['median']:,.0f} bytes per pending call")
     return rows
-
-
-def git(*args: str) -> str:
-    """Output of a git command in this repository, or "" when git is not there."""
-    executable = shutil.which("git")
-    if executable is None:
-        return ""
-    completed = subprocess.run(  # noqa: S603 -- fixed arguments
-        [executable, *args], cwd=REPO_DIR, capture_output=True, text=True, check=False
-    )
-    return completed.stdout.strip() if completed.returncode == 0 else ""
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (no paths)."""
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": None,
-        "commit": None,
-    }
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.partition(":")[2].strip()
-                break
-    head = git("rev-parse", "--short", "HEAD")
-    if head:
-        info["commit"] = head + ("+uncommitted src changes" if git("status", "--porcelain", "--", "src") else "")
-    return info
 
 
 def write_reports(result: dict[str, Any], out: Path) -> None:

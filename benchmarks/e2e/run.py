@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import importlib.metadata
 import json
 import os
-import platform
 import secrets
 import shutil
 import socket
@@ -42,6 +40,10 @@ import asyncpg
 from _common import ROWS, STRATEGIES, WINDOWS
 from _load import Point, measure
 from _render import markdown, plot, summarize
+
+# benchmarks/_machine.py, shared with the micro-benchmark (this folder is the script's own).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from _machine import machine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -273,40 +275,6 @@ async def measure_all(plan: Plan, servers: list[Server], items: int) -> list[dic
     rows = [aggregate(strategy, concurrency, rounds) for (strategy, concurrency), rounds in points.items()]
     rows.sort(key=lambda row: (row["concurrency"], order[row["strategy"]]))
     return rows
-
-
-def git(*args: str) -> str:
-    """Output of a git command in this repository, or "" when git is not there."""
-    executable = shutil.which("git")
-    if executable is None:
-        return ""
-    completed = subprocess.run(  # noqa: S603 -- fixed arguments
-        [executable, *args], cwd=REPO_DIR, capture_output=True, text=True, check=False
-    )
-    return completed.stdout.strip() if completed.returncode == 0 else ""
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (no paths)."""
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": None,
-        "commit": None,
-    }
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.partition(":")[2].strip()
-                break
-    head = git("rev-parse", "--short", "HEAD")
-    if head:
-        info["commit"] = head + ("+uncommitted src changes" if git("status", "--porcelain", "--", "src") else "")
-    return info
 
 
 def versions() -> dict[str, str]:
