@@ -179,12 +179,7 @@ class Controls:
             )
             raise ValueError(msg)
         raised = concurrency is None or (batcher.max_concurrency is not None and concurrency > batcher.max_concurrency)
-        batcher.max_window = window
-        batcher.max_size = size
-        batcher.max_concurrency = concurrency
-        batcher.max_weight = weight
-        batcher.max_pending = pending
-        batcher.guard()
+        batcher.set_limits(window, size, concurrency, weight, pending)
         if raised:
             _release_all(batcher)
 

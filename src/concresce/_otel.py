@@ -114,7 +114,7 @@ class _BatchTrace:
             {
                 "concresce.batch.calls": len(batch.members),
                 "concresce.batch.size": batch.count,
-                "concresce.flush.reason": batch.reason or "tick",
+                "concresce.flush.reason": batch.reason,
                 "concresce.batch.waited": batch.dispatched - batch.opened,
                 "concresce.outcome": outcome,
                 "concresce.handovers": batch.handovers,

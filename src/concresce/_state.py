@@ -197,33 +197,39 @@ class Batcher:
         observer: Callable[[BatchRecord], object] | None = None,
     ) -> None:
         self.name = name
-        self.max_window = max_window
-        self.max_size = max_size
         self.group_by = group_by
         self.dedupe = dedupe
-        self.max_concurrency = max_concurrency
         self.weight = weight
-        self.max_weight = max_weight
-        self.max_pending = max_pending
         self.observer = observer
-        self.guard()
+        self.set_limits(max_window, max_size, max_concurrency, max_weight, max_pending)
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
         self.counters = Counters()
-        # Futures of drain() calls, woken when a partition of their loop goes idle.
+        # Futures of drain() calls, woken whenever a batch on their loop ends.
         self.drainers: list[Waiter] = []
+
+    def set_limits(
+        self,
+        max_window: float,
+        max_size: int | None,
+        max_concurrency: int | None,
+        max_weight: float | None,
+        max_pending: int | None,
+    ) -> None:
+        """Set the options that ``configure()`` may change (validated by the caller)."""
+        self.max_window = max_window
+        self.max_size = max_size
+        self.max_concurrency = max_concurrency
+        self.max_weight = max_weight
+        self.max_pending = max_pending
+        # Whether calls take the slow path of collect() (weights, load shedding). A function
+        # with a weight function always does: a batch opened with a max_weight keeps it after
+        # configure(max_weight=None), and its members must be weighed.
+        self.guarded = self.weight is not None or max_pending is not None
 
     def reset_counters(self) -> None:
         """Restart the statistics (``stats(reset=True)``)."""
         self.counters = Counters()
-
-    def guard(self) -> None:
-        """Recompute whether calls take the slow path of collect() (weights, load shedding).
-
-        A function with a weight function always does: a batch opened with a ``max_weight``
-        keeps it after ``configure(max_weight=None)``, and its members must be weighed.
-        """
-        self.guarded = self.weight is not None or self.max_pending is not None
 
 
 @final
@@ -356,7 +362,8 @@ class Batch:
         self.scan = 0  # members before this index can no longer lead
         self.callers: list[Call] = []  # the members routed by scatter(), fixed when the leader resumes
         self.count = 0  # how many items the leader received (slots)
-        self.reason: FlushReason | None = None  # why it stopped collecting
+        # Why it stopped collecting: set by due() or close(), read from dispatch() on.
+        self.reason: FlushReason = "tick"
         self.opened = part.loop.time()
         self.dispatched = 0.0
         self.handovers = 0
@@ -476,7 +483,6 @@ class Batch:
     def due(self, reason: FlushReason) -> None:
         """Dispatch now, or queue for a concurrency slot."""
         self.handle = None
-        # The timer is cancelled when the batch is closed, so the batch has no reason yet.
         self.reason = reason
         part = self.part
         if part.has_slot():
@@ -489,7 +495,8 @@ class Batch:
 
     def close(self, reason: FlushReason) -> None:
         """Stop collecting (full, heavy enough, or flushed): dispatch the batch, or queue it."""
-        if self.reason is None:
+        if not self.queued:
+            # A queued batch keeps the reason it became due for (decision 19).
             self.reason = reason
         part = self.part
         part.open = None
@@ -523,7 +530,7 @@ class Batch:
         counters = part.batcher.counters
         counters.batches += 1
         counters.calls += len(self.members)
-        counters.flushes[self.reason or "tick"] += 1
+        counters.flushes[self.reason] += 1
         counters.wait_time.add(now - self.opened)
         self.next_leader()
 
@@ -657,7 +664,7 @@ class Batch:
             partition=None if pkey is part.loop else repr(pkey[1]),  # type: ignore[index]
             calls=len(self.members),
             size=self.count,
-            reason=self.reason or "tick",
+            reason=self.reason,
             waited=self.dispatched - self.opened,
             duration=duration,
             outcome=outcome,
