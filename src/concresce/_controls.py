@@ -111,7 +111,10 @@ class Controls:
 
         Args:
             reset: Restart the counters and summaries after taking the snapshot (the gauges
-                ``open_now`` and ``in_flight_now`` are never reset).
+                ``open_now`` and ``in_flight_now`` are never reset). A batch is counted in
+                parts: its calls and flush when it is dispatched, its items, size and bulk
+                duration when it ends. So a batch in flight at the reset counts only its end
+                in the next interval, and a batch still collecting counts its calls there.
 
         Returns:
             A ``BatchStats``.
