@@ -215,6 +215,12 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
             self.clock.advance_to(now + timeout)
 
 
+def partitions_of(fn: Any) -> dict[object, Any]:
+    """The engine's table of the live partitions of a decorated function (empty when idle)."""
+    partitions: dict[object, Any] = fn.stats.__self__.batcher.partitions
+    return partitions
+
+
 def new_virtual_loop(*, eager: bool = False, debug: bool = True) -> VirtualClockEventLoop:
     """Return a new :class:`VirtualClockEventLoop` in debug mode.
 

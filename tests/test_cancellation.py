@@ -12,12 +12,11 @@ backend; the tests that cancel at an exact point of a window use the virtual clo
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sys
 import weakref
 
 import pytest
-from tests.support import Recorder, gc_collect_harder, wait_all_tasks_blocked
+from tests.support import Recorder, gc_collect_harder, partitions_of, wait_all_tasks_blocked
 
 from concresce import batch, collect, scatter
 
@@ -40,11 +39,6 @@ def ended(task):
     if error is not None:
         return ("raised", type(error))
     return ("returned", task.result())
-
-
-def partitions_of(fn):
-    """The engine's table of the live partitions of a decorated function (empty when idle)."""
-    return inspect.getclosurevars(fn).nonlocals["batcher"].partitions
 
 
 def live_timers():

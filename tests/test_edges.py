@@ -8,7 +8,7 @@ import pickle
 import sys
 
 import pytest
-from tests.support import Recorder, wait_all_tasks_blocked
+from tests.support import Recorder, partitions_of, wait_all_tasks_blocked
 
 from concresce import MissingResultError, batch, collect, scatter
 
@@ -257,9 +257,7 @@ async def test_queued_batch_whose_members_were_all_cancelled_at_dispatch_is_skip
     assert result == 0
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
     assert record == [("start", [0])]
-    assert work.__closure__ is not None
-    [table] = [cell.cell_contents.partitions for cell in work.__closure__ if hasattr(cell.cell_contents, "partitions")]
-    assert table == {}
+    assert partitions_of(work) == {}
 
 
 async def test_leader_fault_skips_a_follower_cancelled_after_the_flush():

@@ -14,22 +14,11 @@ import threading
 import weakref
 
 import pytest
-from tests.support import Recorder, gc_collect_harder, wait_all_tasks_blocked
+from tests.support import Recorder, gc_collect_harder, partitions_of, wait_all_tasks_blocked
 
 from concresce import batch, collect, scatter
-from concresce._state import Batcher
 
 pytestmark = pytest.mark.anyio
-
-
-def partitions_of(fn):
-    """Return the live partition table of a ``@batch`` function (read from the wrapper's closure)."""
-    for cell in fn.__closure__ or ():
-        value = cell.cell_contents
-        if isinstance(value, Batcher):
-            return value.partitions
-    msg = f"{fn!r} has no Batcher in its closure"
-    raise AssertionError(msg)
 
 
 def echo_batch(record, **options):

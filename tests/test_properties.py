@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import itertools
 import sys
 import weakref
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from tests.strategies import batch_options, schedules
-from tests.support import live_engine_objects, run_virtual
+from tests.support import live_engine_objects, partitions_of, run_virtual
 
 from concresce import MissingResultError, batch, collect, scatter
 
@@ -181,11 +180,6 @@ class Run:
     leads: list[Lead] = field(default_factory=list)
     outcomes: list[object] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-
-
-def partitions_of(fn):
-    """The engine's table of the live partitions of a decorated function."""
-    return inspect.getclosurevars(fn).nonlocals["batcher"].partitions
 
 
 def outcome_of(task):

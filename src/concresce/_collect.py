@@ -6,17 +6,19 @@ from typing import TypeVar
 
 from ._loop import current_task, running_loop
 from ._state import (
-    CALLS,
     IDLE,
     LEADING,
+    MEMBER,
     NO_PARTITION,
     RESUMED,
     Batch,
     Call,
     Partition,
     Resume,
-    join_guarded,
+    call_of,
+    open_guarded,
     outside_message,
+    routed_error,
 )
 
 __all__ = ["collect"]
@@ -33,7 +35,7 @@ def _misuse(call: Call | None) -> str:
     )
 
 
-async def collect(item: T) -> list[T]:
+async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on purpose
     """Join the open batch with ``item`` and wait for the batch to be flushed.
 
     Every concurrent call of the same ``@batch`` function (same event loop, same
@@ -68,32 +70,40 @@ async def collect(item: T) -> list[T]:
     Added in version 0.3.
     """
     try:
-        call = CALLS.get(current_task())  # type: ignore[arg-type]  # None is never a key
+        call = call_of(current_task())  # type: ignore[arg-type]  # None is never a key
     except RuntimeError:  # no running event loop
         call = None
     if call is None or call.state != IDLE:
         raise RuntimeError(_misuse(call))
     loop = running_loop()  # there is one: the call was found through the running task
-    # Join the open batch of this call's partition (per loop, per partition key), opening
-    # the partition and the batch as needed. Inline: this runs once per call.
+    # Join the open batch of this call's partition (per loop, per partition key), opening the
+    # partition and the batch as needed. Inline, and with few local variables: this runs once
+    # per call, and the frame of every waiting call keeps a slot for each local variable.
     batcher = call.batcher
-    pkey = call.pkey
-    key = loop if pkey is NO_PARTITION else (loop, pkey)
+    key = loop if call.pkey is NO_PARTITION else (loop, call.pkey)
+    batch: Batch | None
     if batcher.guarded:
         # max_pending or max_weight: may refuse the call, or close the open batch first.
-        batch = join_guarded(call, item, loop, key)
+        batch = open_guarded(call, item, loop, key)
     else:
         part = batcher.partitions.get(key)
         if part is None:
             part = batcher.partitions[key] = Partition(batcher, key, loop)
-        open_batch = part.open
-        if open_batch is None:
-            open_batch = part.open = Batch(part)
-        open_batch.add(call, item, loop)
-        batch = open_batch
-    if call.state == LEADING:
-        # The call filled the batch and leads it: no waiting at all (max_size=1).
-        return batch.take(call)
+        batch = part.open
+        if batch is None:
+            batch = part.open = Batch(part)
+    # What a Batch.add() would do; admitted() does the rest when the batch may be full.
+    call.state = MEMBER
+    call.item = item
+    call.batch = batch
+    call.fut = loop.create_future()
+    batch.members.append(call)
+    if len(batch.members) >= batch.limit:
+        # Full, or a batch that looks at every join (dedupe, weights, tracing).
+        batch.admitted(call)
+        if call.state == LEADING:
+            # The call filled the batch and leads it: no waiting at all (max_size=1).
+            return batch.take(call)
     try:
         await call.fut
     except BaseException:
@@ -102,17 +112,10 @@ async def collect(item: T) -> list[T]:
         # a follower's result, if it was already routed, is dropped.
         batch.leave(call)
         raise
-    state = call.state
-    if state == LEADING:
-        return batch.take(call)
-    if state == RESUMED:
+    if call.state == RESUMED:
         # Unwind the follower's frame from here; the wrapper returns call.value.
         raise Resume
-    error = call.value
-    tb = call.tb
-    call.value = call.tb = None
-    try:
-        raise error.with_traceback(tb)
-    finally:
-        # The traceback will hold this frame: the frame must not hold the error.
-        del error, tb
+    if call.state == LEADING:
+        return batch.take(call)
+    # FAILED: the leader's fault, a routing error, or this caller's own exception result.
+    raise routed_error(call)

@@ -7,7 +7,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Final, TypeVar, overload
 
 from ._errors import BatchRoutingError, MissingResultError
-from ._state import GONE, IDLE, LEADING, SCATTERED, Call, current_call
+from ._state import GONE, IDLE, LEADING, SCATTERED, Batch, Call, current_call
 
 __all__ = ["scatter"]
 
@@ -82,7 +82,7 @@ def scatter(
         raise RuntimeError(_misuse(call, state))
     batch = call.batch
     try:
-        shares = _route(call.batcher.name, batch.callers, batch.count, results, key=key, default=default)
+        shares = _route(call.batcher.name, batch, results, key=key, default=default)
     except BatchRoutingError as error:
         call.state = SCATTERED
         batch.fail(error, call)
@@ -112,8 +112,7 @@ def _misuse(call: Call, state: int) -> str:
 
 def _route(
     name: str,
-    callers: list[Call],
-    count: int,
+    batch: Batch,
     results: Any,
     *,
     key: Callable[[Any], Any] | None,
@@ -121,10 +120,7 @@ def _route(
 ) -> list[Any]:
     """Return one share per slot (distinct item) of the batch, or raise BatchRoutingError."""
     if isinstance(results, Mapping):
-        items: list[Any] = [None] * count
-        for member in callers:
-            items[member.slot] = member.item
-        return _route_keyed(name, items, results, key, default)  # pyright: ignore[reportUnknownArgumentType]
+        return _route_keyed(name, batch.slot_items(), results, key, default)  # pyright: ignore[reportUnknownArgumentType]
     kind = type(results).__name__
     if key is not None or default is not _MISSING:
         msg = f"{name}: scatter() got key= or default= with {kind} results; they apply to a mapping only"
@@ -144,7 +140,9 @@ def _route(
             msg = f"{name}: scatter() got {kind}, which is neither a mapping nor an iterable of results"
             raise BatchRoutingError(msg) from error
         shares = list(iterator)
+    count = batch.count
     if len(shares) != count:
+        callers = batch.callers
         what = "callers" if count == len(callers) else f"distinct items ({len(callers)} callers)"
         msg = f"{name}: scatter() got {len(shares)} results for {count} {what}"
         raise BatchRoutingError(msg)

@@ -12,7 +12,9 @@ as it has no open, queued or running batch, and a finished batch drops its membe
 
 from __future__ import annotations
 
+import sys
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
 from ._errors import OverloadedError
@@ -24,11 +26,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
     from types import TracebackType
 
-    from ._loop import Handle, Loop, Waiter
+    from ._loop import Handle, Waiter
     from ._stats import FlushReason, Outcome
 
 # The partition key of a function that is neither a method nor grouped: one batch per loop.
 NO_PARTITION: Final[Any] = object()
+
+# Field getters for take(), run in C over every member.
+_ITEM: Final = attrgetter("item")
+_WAITER: Final = attrgetter("fut")
 
 # The call whose body each task is running, for collect() and scatter(). The wrapper sets
 # the entry for the duration of the body; a nested call of another decorated function in the
@@ -37,6 +43,10 @@ NO_PARTITION: Final[Any] = object()
 # call than ContextVar.set()/reset(), and a task started by the body (which would inherit a
 # context variable) cannot mistake itself for the call.
 CALLS: Final[dict[Task[Any], Call]] = {}
+# CALLS.get, bound once for the modules that import CALLS: CPython 3.12 compiles
+# `CALLS.get(task)` in such a module as an attribute load that makes a bound method on every
+# call (it skips its method-call optimisation for imported names), about 400 instructions.
+call_of: Final = CALLS.get
 
 # Call states. A call moves IDLE -> MEMBER -> (LEADING -> SCATTERED | RESUMED | FAILED),
 # or to GONE when it leaves (cancelled, or a leader that aborted and handed over).
@@ -101,8 +111,22 @@ def current_call(what: str) -> Call:
     return call
 
 
-def join_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object) -> Batch:
-    """Join a batch on collect()'s slow path: load shedding (max_pending), weights (max_weight).
+def routed_error(call: Call) -> BaseException:
+    """Return the exception routed to follower ``call``, with its traceback as at routing.
+
+    The call forgets it: the traceback will hold the frame that raises it.
+    """
+    error: BaseException = call.value
+    error = error.with_traceback(call.tb)
+    call.value = call.tb = None
+    return error
+
+
+def open_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object) -> Batch:
+    """Return the batch ``call`` joins, on collect()'s slow path: load shedding, weights.
+
+    Sets ``call.weight``. The open batch is closed first if ``item`` would tip it over its
+    weight budget.
 
     Raises:
         OverloadedError: ``max_pending`` calls of the partition already wait.
@@ -127,16 +151,13 @@ def join_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object)
         part = batcher.partitions[key] = Partition(batcher, key, loop)
     if batch is not None:
         max_weight = batch.max_weight
-        if max_weight is not None and batch.live and batch.weight + weight > max_weight:
+        if max_weight is not None and batch.live() and batch.weight + weight > max_weight:
             # The item would tip the open batch over its budget: the batch goes as it is.
             batch.close("weight")
             batch = None
     if batch is None:
         batch = part.open = Batch(part)
-    if batch.max_weight is None:
-        batch.add(call, item, loop)
-    else:
-        batch.add_weighed(call, item, weight, loop)
+    call.weight = weight
     return batch
 
 
@@ -298,10 +319,10 @@ class Partition:
 
     def waiting(self) -> int:
         """Calls waiting in batches not dispatched yet (open, or queued for a slot)."""
-        count = sum(batch.live for batch in self.pending)
+        count = sum(batch.live() for batch in self.pending)
         batch = self.open
         if batch is not None and not batch.queued:
-            count += batch.live
+            count += batch.live()
         return count
 
     def release(self) -> None:
@@ -321,16 +342,24 @@ class Partition:
 
 @final
 class Batch:
-    """A group of calls whose items go to one leader together."""
+    """A group of calls whose items go to one leader together.
+
+    ``collect()`` joins a call by appending it to ``members``, inline; it calls ``admitted()``
+    only when ``len(members)`` reaches ``limit``. For a plain batch ``limit`` is where it is
+    full; a batch that looks at every join (dedupe, weights, tracing) has a ``limit`` of 0.
+    """
 
     __slots__ = (
         "callers",
         "count",
         "counts",
+        "departed",
+        "direct",
         "dispatched",
+        "dupes",
         "handle",
         "handovers",
-        "live",
+        "limit",
         "max_size",
         "max_weight",
         "members",
@@ -339,7 +368,6 @@ class Batch:
         "queued",
         "reason",
         "scan",
-        "size",
         "state",
         "trace",
         "weight",
@@ -347,100 +375,100 @@ class Batch:
 
     def __init__(self, part: Partition) -> None:
         batcher = part.batcher
+        loop = part.loop
         self.part = part
         self.state = OPEN
         self.members: list[Call] = []  # every call that joined, in arrival order
-        self.live = 0  # members that have not left while the batch was open
-        self.size = 0  # distinct live items (== live unless dedupe)
+        self.departed = 0  # members that left (while it was open: their items are not passed on)
+        self.dupes = 0  # with dedupe: live members whose item equals an earlier live member's
         self.counts: dict[Any, int] | None = {} if batcher.dedupe else None
         # The limits in force when the batch opened: configure() applies from the next batch.
-        self.max_size = batcher.max_size
+        self.max_size = max_size = batcher.max_size
         self.max_weight = batcher.max_weight
         self.weight = 0.0  # with max_weight: the weight of the live members' items
-        self.handle: Handle | None = None
         self.queued = False  # in part.pending
         self.scan = 0  # members before this index can no longer lead
         self.callers: list[Call] = []  # the members routed by scatter(), fixed when the leader resumes
         self.count = 0  # how many items the leader received (slots)
+        self.direct = False  # callers is members and each member's slot is its index
         # Why it stopped collecting: set by due() or close(), read from dispatch() on.
         self.reason: FlushReason = "tick"
-        self.opened = part.loop.time()
+        self.opened = loop.time()
         self.dispatched = 0.0
         self.handovers = 0
         open_trace = TRACING.open
         self.trace = None if open_trace is None else open_trace(self)
-
-    # -- joining and leaving while open -------------------------------------------------
-
-    def add(self, call: Call, item: object, loop: Loop) -> None:
-        """Add ``call``; dispatch at once when this fills the batch."""
-        call.state = MEMBER
-        call.item = item
-        call.batch = self
-        call.fut = loop.create_future()
-        self.members.append(call)
-        self.live += 1
-        trace = self.trace
-        if trace is not None:
-            trace.join()
-        counts = self.counts
-        if counts is None:
-            self.size += 1
+        if self.counts is not None or self.max_weight is not None or self.trace is not None:
+            self.limit = 0
         else:
-            try:
-                seen = counts.get(item, 0)
-            except TypeError:  # unhashable: never a duplicate
-                self.size += 1
-            else:
-                counts[item] = seen + 1
-                if not seen:
-                    self.size += 1
-        max_size = self.max_size
-        if max_size is not None and self.size >= max_size:
-            self.close("size")
-        elif self.handle is None and not self.queued:
-            # First member: start the clock. With max_window=0 the batch is flushed on the
-            # next loop turn, so every call that reaches collect() in this turn (and every
-            # task already scheduled for it) shares the batch. call_soon, not a task with
-            # sleep(0): one callback per batch, nothing to cancel or await.
-            window = self.part.batcher.max_window
+            self.limit = sys.maxsize if max_size is None else max_size
+        # A batch opens for the member about to join it: start the clock (not for max_size=1,
+        # which that member fills). With max_window=0 the batch is flushed on the next loop
+        # turn, so every call that reaches collect() in this turn (and every task already
+        # scheduled for it) shares the batch. call_soon, not a task with sleep(0): one
+        # callback per batch, nothing to cancel or await.
+        self.handle: Handle | None = None
+        if max_size != 1:
+            window = batcher.max_window
             if window:
                 self.handle = loop.call_later(window, self.on_window)
             else:
                 self.handle = loop.call_soon(self.on_tick)
 
-    def add_weighed(self, call: Call, item: object, weight: float, loop: Loop) -> None:
-        """Add ``call`` whose item weighs ``weight``; close the batch once it reaches max_weight."""
-        call.weight = weight
-        self.weight += weight
-        self.add(call, item, loop)
+    # -- joining and leaving while open -------------------------------------------------
+
+    def live(self) -> int:
+        """Members that have not left (while the batch is open: whose items the leader gets)."""
+        return len(self.members) - self.departed
+
+    def admitted(self, call: Call) -> None:
+        """The slow part of ``call``'s join: count it, and close the batch if it is full."""
+        trace = self.trace
+        if trace is not None:
+            trace.join()
+        counts = self.counts
+        if counts is not None:
+            item = call.item
+            try:
+                seen = counts.get(item, 0)
+            except TypeError:  # unhashable: never a duplicate
+                pass
+            else:
+                counts[item] = seen + 1
+                if seen:
+                    self.dupes += 1
         max_weight = self.max_weight
-        if self.state == OPEN and max_weight is not None and self.weight >= max_weight:
+        if max_weight is not None:
+            self.weight += call.weight
+        max_size = self.max_size
+        if max_size is not None and self.live() - self.dupes >= max_size:
+            self.close("size")
+        elif max_weight is not None and self.weight >= max_weight:
             self.close("weight")
 
     def leave_open(self, call: Call) -> None:
         """A member left before the batch was dispatched: its item is not passed on."""
-        self.live -= 1
+        self.departed += 1
+        if self.limit:
+            self.limit += 1  # a plain batch: full at max_size live members
         if self.max_weight is not None:
             self.weight -= call.weight
         counts = self.counts
-        if counts is None:
-            self.size -= 1
-        else:
+        if counts is not None:
             item = call.item
             try:
                 seen = counts.get(item, 0)
             except TypeError:
-                self.size -= 1
+                pass
             else:
-                if seen <= 1:
-                    counts.pop(item, None)
-                    self.size -= 1
-                else:
+                if seen > 1:
                     counts[item] = seen - 1
+                    self.dupes -= 1
+                else:
+                    counts.pop(item, None)
         # The batch may stay open for a long window: do not keep the departed item alive.
         call.item = None
-        if not self.live:
+        if not self.live():
             self.discard()
 
     def leave(self, call: Call) -> None:
@@ -452,7 +480,10 @@ class Batch:
         if state == MEMBER:
             if self.state in (OPEN, CLOSED):
                 self.leave_open(call)
-            # Once dispatched, take() and deliver() skip a member whose waiter is done.
+            else:
+                # Dispatched: take() and deliver() skip a member that is gone. Counted, so
+                # that take() does not take every member.
+                self.departed += 1
         elif state == LEADING:
             # Chosen as the leader but cancelled before it resumed: not its followers' fault.
             self.hand_over(call)
@@ -557,6 +588,29 @@ class Batch:
         Called when the leader resumes from ``collect()``: a member cancelled since the
         dispatch is left out. With dedupe, equal items share one slot (first arrival wins).
         """
+        members = self.members
+        if (
+            self.scan == 1  # the first member leads: no handover, it did not leave
+            and not self.departed
+            and not self.part.batcher.dedupe
+            # The leader's waiter is done; any other done waiter is a member cancelled since.
+            # (Every waiter comes from the same loop's create_future(): one type, one done().)
+            and sum(map(type(leader.fut).done, map(_WAITER, members))) == 1
+        ):
+            # Every member is served, each in the slot of its index.
+            self.direct = True
+            self.callers = members
+            leader.slot = 0
+            items = list(map(_ITEM, members))
+            self.count = len(items)
+        else:
+            items = self.take_some(leader)
+        if self.trace is not None:
+            self.trace.start(self)
+        return items
+
+    def take_some(self, leader: Call) -> list[Any]:
+        """``take()`` when some members are not served, or equal items share a slot."""
         callers: list[Call] = []
         items: list[Any] = []
         index: dict[Any, int] | None = {} if self.part.batcher.dedupe else None
@@ -580,23 +634,32 @@ class Batch:
                     continue
             member.slot = len(items)
             items.append(item)
+        self.direct = False
         self.callers = callers
         self.count = len(items)
-        if self.trace is not None:
-            self.trace.start(self)
+        return items
+
+    def slot_items(self) -> list[Any]:
+        """The item of each slot: what the leader received, as the members passed it."""
+        callers = self.callers
+        if self.direct:
+            return list(map(_ITEM, callers))
+        items: list[Any] = [None] * self.count
+        for member in callers:
+            items[member.slot] = member.item
         return items
 
     # -- ending -------------------------------------------------------------------------
 
     def deliver(self, shares: list[Any], leader: Call) -> None:
         """Route ``shares[slot]`` to every follower still waiting, then end the batch."""
-        for member in self.callers:
-            if member is leader:
-                continue
+        del leader  # no longer a MEMBER: skipped like a member cancelled since
+        callers = self.callers
+        values = shares if self.direct else [shares[member.slot] for member in callers]
+        for member, value in zip(callers, values, strict=True):
             fut = member.fut
             if member.state != MEMBER or fut.done():
-                continue  # cancelled since: its result is dropped
-            value = shares[member.slot]
+                continue  # the leader, or cancelled since: its result is dropped
             member.value = value
             if isinstance(value, Exception):
                 member.state = FAILED

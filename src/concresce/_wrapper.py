@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import linecache
-from typing import TYPE_CHECKING, Any, Final
+import sys
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._loop import current_task
 from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
@@ -24,52 +25,50 @@ if TYPE_CHECKING:
 __all__ = ["make_wrapper"]
 
 _TEMPLATE: Final = """\
-def make(fn, batcher, partition):
-    async def wrapper({parameters}):
-        try:
-            task = current_task()
-        except RuntimeError:  # no running event loop
-            task = None
-        if task is None:
-            # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
-            return await fn({arguments})
-        # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
-        call = Call()
-        call.batcher = batcher
-        # group_by runs here, before the body: if it fails, this call alone fails.
-        call.pkey = {pkey}
-        call.state = IDLE
-        # The current call of this task, found by collect() and scatter(). A task runs one
-        # call at a time; a nested call of another batched function stacks on top of it.
-        outer = CALLS.get(task)
-        CALLS[task] = call
-        try:
-            result = await fn({arguments})
-        except Resume:
-            # A follower unwound from collect(): its result was routed by the leader.
-            result = call.value
-        except BaseException as error:
-            if not ended_by_error(call, error):
-                raise
-            result = call.value
+async def wrapper({parameters}):
+    try:
+        task = current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    if task is None:
+        # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
+        return await fn({arguments})
+    # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
+    call = Call()
+    call.batcher = batcher
+    # group_by runs here, before the body: if it fails, this call alone fails.
+    call.pkey = {pkey}
+    call.state = IDLE
+    # The current call of this task, found by collect() and scatter(). A task runs one
+    # call at a time; a nested call of another batched function stacks on top of it.
+    outer = CALLS.get(task)
+    CALLS[task] = call
+    try:
+        result = await fn({arguments})
+    except Resume:
+        # A follower unwound from collect(): its result was routed by the leader.
+        result = call.value
+    except BaseException:
+        if not ended_by_error(call):
+            raise
+        result = call.value
+    else:
+        ended_by_return(call)
+    finally:
+        if outer is None:
+            del CALLS[task]
         else:
-            ended_by_return(call)
-        finally:
-            if outer is None:
-                del CALLS[task]
-            else:
-                CALLS[task] = outer
-            # This frame may live on in a traceback that the task itself holds: no cycle.
-            del task, outer
-        return result
-    return wrapper
+            CALLS[task] = outer
+        # This frame may live on in a traceback that the task itself holds: no cycle.
+        del task, outer
+    return result
 """
 
 # Names the template binds or reads: a parameter of the same name would shadow them.
 _RESERVED: Final = frozenset({
     "BaseException", "CALLS", "Call", "IDLE", "NO_PARTITION", "Resume", "RuntimeError", "args", "batcher", "call",
-    "current_task", "ended_by_error", "ended_by_return", "error", "fn", "id", "kwargs", "outer",
-    "partition", "result", "task",
+    "current_task", "ended_by_error", "ended_by_return", "fn", "id", "kwargs", "outer", "partition", "result",
+    "task", "wrapper",
 })  # fmt: skip
 
 
@@ -93,7 +92,13 @@ def make_wrapper(
     method: bool,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     """Compile the wrapper of ``fn`` (``functools.wraps`` is applied by the caller)."""
+    # The wrapper's globals: a namespace of its own, so fn, batcher and partition are globals
+    # rather than closure variables (which would take three slots in the frame of every
+    # waiting call).
     namespace: dict[str, Any] = {
+        "fn": fn,
+        "batcher": batcher,
+        "partition": partition,
         "CALLS": CALLS,
         "Call": Call,
         "IDLE": IDLE,
@@ -117,8 +122,7 @@ def make_wrapper(
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 -- our own template
     # Tracebacks through the wrapper show its source lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    # fn, batcher and partition are closure variables, as in a hand-written decorator.
-    wrapper: Callable[..., Coroutine[Any, Any, Any]] = namespace["make"](fn, batcher, partition)
+    wrapper: Callable[..., Coroutine[Any, Any, Any]] = namespace["wrapper"]
     return wrapper
 
 
@@ -154,8 +158,13 @@ def _exact_signature(fn: Callable[..., Any], namespace: dict[str, Any]) -> tuple
     return rendered, ", ".join(arguments), first
 
 
-def ended_by_error(call: Call, error: BaseException) -> bool:
-    """Settle the batch after the body raised; True if the call returns its routed value."""
+def ended_by_error(call: Call) -> bool:
+    """Settle the batch after the body raised; True if the call returns its routed value.
+
+    Called from the wrapper's ``except`` clause: the exception is the one being handled
+    (not a parameter, which would take a slot in the frame of every waiting call).
+    """
+    error = cast("BaseException", sys.exc_info()[1])
     state = call.state
     if state == LEADING:
         batch = call.batch
