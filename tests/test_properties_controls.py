@@ -176,7 +176,7 @@ def waiting_now(work, loop, key):
     part = work.stats.__self__.batcher.partitions.get((loop, key))
     if part is None:
         return 0
-    batches = list(part.pending)
+    batches = list(part.pending or ())
     if part.open is not None and all(b is not part.open for b in batches):
         batches.append(part.open)
     return sum(member.state == MEMBER for b in batches for member in b.members)

@@ -90,8 +90,14 @@ class CustomMapping(Mapping):
 # Positional routing
 # --------------------------------------------------------------------------------------
 
+
+class ResultList(list):
+    """A subclass of list: positional results like any list."""
+
+
 ITERABLES = {
     "list": list,
+    "list subclass": ResultList,
     "tuple": tuple,
     "generator": lambda values: (value for value in values),
     "iterator": lambda values: iter(list(values)),

@@ -125,7 +125,7 @@ class Controls:
         open_calls = open_now = in_flight_now = 0
         for part in list(batcher.partitions.values()):
             in_flight_now += part.running
-            waiting = list(part.pending)
+            waiting = list(part.pending or ())
             if part.open is not None and not part.open.queued:
                 waiting.append(part.open)
             open_now += len(waiting)

@@ -119,6 +119,22 @@ def _route(
     default: Any,
 ) -> list[Any]:
     """Return one share per slot (distinct item) of the batch, or raise BatchRoutingError."""
+    if type(results) is list and key is None and default is _MISSING:
+        # The common case, without the abstract base class checks below (each one a call).
+        shares: list[Any] = results  # pyright: ignore[reportUnknownVariableType]
+    else:
+        shares = _shares(name, batch, results, key, default)
+    count = batch.count
+    if len(shares) != count:
+        callers = batch.callers
+        what = "callers" if count == len(callers) else f"distinct items ({len(callers)} callers)"
+        msg = f"{name}: scatter() got {len(shares)} results for {count} {what}"
+        raise BatchRoutingError(msg)
+    return shares
+
+
+def _shares(name: str, batch: Batch, results: Any, key: Callable[[Any], Any] | None, default: Any) -> list[Any]:
+    """``results`` as a list of shares: one per slot, if the results are right."""
     if isinstance(results, Mapping):
         return _route_keyed(name, batch.slot_items(), results, key, default)  # pyright: ignore[reportUnknownArgumentType]
     kind = type(results).__name__
@@ -140,12 +156,6 @@ def _route(
             msg = f"{name}: scatter() got {kind}, which is neither a mapping nor an iterable of results"
             raise BatchRoutingError(msg) from error
         shares = list(iterator)
-    count = batch.count
-    if len(shares) != count:
-        callers = batch.callers
-        what = "callers" if count == len(callers) else f"distinct items ({len(callers)} callers)"
-        msg = f"{name}: scatter() got {len(shares)} results for {count} {what}"
-        raise BatchRoutingError(msg)
     return shares
 
 

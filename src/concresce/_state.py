@@ -286,8 +286,9 @@ class Partition:
         self.key = key
         self.loop = loop
         self.open: Batch | None = None
-        # Batches that are due but wait for a concurrency slot, in order (max_concurrency only).
-        self.pending: deque[Batch] = deque()
+        # Batches that are due but wait for a concurrency slot, in order (max_concurrency only:
+        # made when a batch first has to wait).
+        self.pending: deque[Batch] | None = None
         self.running = 0
 
     def has_slot(self) -> bool:
@@ -295,12 +296,13 @@ class Partition:
         limit = self.batcher.max_concurrency
         return limit is None or (self.running < limit and not self.pending)
 
-    def slot_freed(self) -> None:
-        """A running batch ended: dispatch queued batches in order while slots are free."""
-        self.running -= 1
-        if self.pending:
-            self.release()
-        self.batch_ended()
+    def enqueue(self, batch: Batch) -> None:
+        """Queue a due ``batch`` for a concurrency slot: every slot is busy."""
+        batch.queued = True
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        pending.append(batch)
 
     def batch_ended(self) -> None:
         """A batch ended (ran or was discarded): forget this partition if nothing is active.
@@ -311,7 +313,7 @@ class Partition:
         if self.open is None and self.running == 0 and not self.pending:
             parts = self.batcher.partitions
             # A queued batch that ended at its dispatch (every member gone) frees its slot
-            # through a nested slot_freed(), which may have removed this partition already.
+            # through a nested finish(), which may have removed this partition already.
             if parts.get(self.key) is self:
                 del parts[self.key]
         if self.batcher.drainers:
@@ -319,7 +321,7 @@ class Partition:
 
     def waiting(self) -> int:
         """Calls waiting in batches not dispatched yet (open, or queued for a slot)."""
-        count = sum(batch.live() for batch in self.pending)
+        count = sum(batch.live() for batch in self.pending or ())
         batch = self.open
         if batch is not None and not batch.queued:
             count += batch.live()
@@ -373,6 +375,12 @@ class Batch:
         "weight",
     )
 
+    # Set when the batch is dispatched (dispatched) or when its leader resumes (the others),
+    # and read only after that: not in __init__, which runs once per batch.
+    dispatched: float  # the loop's time at the dispatch
+    callers: list[Call]  # the members routed by scatter()
+    direct: bool  # callers is members and each member's slot is its index
+
     def __init__(self, part: Partition) -> None:
         batcher = part.batcher
         loop = part.loop
@@ -388,13 +396,10 @@ class Batch:
         self.weight = 0.0  # with max_weight: the weight of the live members' items
         self.queued = False  # in part.pending
         self.scan = 0  # members before this index can no longer lead
-        self.callers: list[Call] = []  # the members routed by scatter(), fixed when the leader resumes
         self.count = 0  # how many items the leader received (slots)
-        self.direct = False  # callers is members and each member's slot is its index
         # Why it stopped collecting: set by due() or close(), read from dispatch() on.
         self.reason: FlushReason = "tick"
         self.opened = loop.time()
-        self.dispatched = 0.0
         self.handovers = 0
         open_trace = TRACING.open
         self.trace = None if open_trace is None else open_trace(self)
@@ -496,7 +501,7 @@ class Batch:
         part.batcher.counters.calls += len(self.members)
         if part.open is self:
             part.open = None
-        if self.queued:
+        if part.pending and self.queued:
             part.pending.remove(self)
         self.members = []
         part.batch_ended()
@@ -516,13 +521,12 @@ class Batch:
         self.handle = None
         self.reason = reason
         part = self.part
-        if part.has_slot():
+        if part.batcher.max_concurrency is None or part.has_slot():
             self.dispatch()
         else:
-            # max_concurrency: every slot is busy. The batch stays open and keeps collecting
-            # (up to max_size) while it waits; slot_freed() dispatches it in order.
-            self.queued = True
-            part.pending.append(self)
+            # Every slot is busy. The batch stays open and keeps collecting (up to max_size)
+            # while it waits; a finished batch dispatches it, in order.
+            part.enqueue(self)
 
     def close(self, reason: FlushReason) -> None:
         """Stop collecting (full, heavy enough, or flushed): dispatch the batch, or queue it."""
@@ -534,12 +538,11 @@ class Batch:
         self.cancel_timer()
         if self.queued:
             self.state = CLOSED
-        elif part.has_slot():
+        elif part.batcher.max_concurrency is None or part.has_slot():
             self.dispatch()
         else:
             self.state = CLOSED
-            self.queued = True
-            part.pending.append(self)
+            part.enqueue(self)
 
     def cancel_timer(self) -> None:
         """Cancel the pending window or tick callback, if any."""
@@ -715,7 +718,11 @@ class Batch:
             self.report(outcome, error, duration)
         self.members = []
         self.callers = []
-        part.slot_freed()
+        # Free the slot: queued batches go in order while slots are free.
+        part.running -= 1
+        if part.pending:
+            part.release()
+        part.batch_ended()
 
     def report(self, outcome: Outcome, error: BaseException | None, duration: float) -> None:
         """Pass the batch's record to its function's observer and the global observers."""

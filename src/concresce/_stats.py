@@ -201,27 +201,27 @@ def notify(observers: list[Callable[[BatchRecord], object]], record: BatchRecord
 
 @final
 class Histogram:
-    """A running count, total, maximum and fixed-bucket histogram."""
+    """A running total, maximum and fixed-bucket histogram (the count is their sum)."""
 
-    __slots__ = ("bounds", "count", "counts", "max", "total")
+    __slots__ = ("bounds", "counts", "max", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.count = 0
         self.total = 0.0
         self.max = 0.0
         self.counts = [0] * len(bounds)
 
     def add(self, value: float) -> None:
         """Record one value."""
-        self.count += 1
         self.total += value
-        self.max = max(self.max, float(value))
+        if value > self.max:  # noqa: PLR1730 -- max() parses its arguments: 3x the cost
+            self.max = value
         self.counts[bisect_left(self.bounds, value)] += 1
 
     def summary(self) -> Summary:
         """Return a frozen copy."""
-        return Summary(self.count, self.total, self.max, tuple(zip(self.bounds, self.counts, strict=False)))
+        counts = self.counts
+        return Summary(sum(counts), float(self.total), float(self.max), tuple(zip(self.bounds, counts, strict=False)))
 
 
 @final

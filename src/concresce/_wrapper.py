@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._loop import current_task
-from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, Batcher, Call, Resume
+from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, SCATTERED, Batcher, Call, Resume
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -53,7 +53,8 @@ async def wrapper({parameters}):
             raise
         result = call.value
     else:
-        ended_by_return(call)
+        if call.state != SCATTERED:  # the leader that routed its batch: nothing to check
+            ended_by_return(call)
     finally:
         if outer is None:
             del CALLS[task]
@@ -66,9 +67,9 @@ async def wrapper({parameters}):
 
 # Names the template binds or reads: a parameter of the same name would shadow them.
 _RESERVED: Final = frozenset({
-    "BaseException", "CALLS", "Call", "IDLE", "NO_PARTITION", "Resume", "RuntimeError", "args", "batcher", "call",
-    "current_task", "ended_by_error", "ended_by_return", "fn", "id", "kwargs", "outer", "partition", "result",
-    "task", "wrapper",
+    "BaseException", "CALLS", "Call", "IDLE", "NO_PARTITION", "Resume", "RuntimeError", "SCATTERED", "args",
+    "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn", "id", "kwargs", "outer",
+    "partition", "result", "task", "wrapper",
 })  # fmt: skip
 
 
@@ -106,6 +107,7 @@ def make_wrapper(
         "current_task": current_task,
         "ended_by_error": ended_by_error,
         "ended_by_return": ended_by_return,
+        "SCATTERED": SCATTERED,
     }
     exact = _exact_signature(fn, namespace) if batcher.group_by is None else None
     if exact is None:
