@@ -136,11 +136,14 @@ async def test_concurrent_feeds_are_correct_and_share_queries(example, dsn, serv
     calls = sum(stats["calls"].values())
     queries = sum(stats["queries"].values())
     # A feed alone needs 4 queries (user, followees, posts, authors), a user lookup 1:
-    # sharing no batch, these 64 requests would need more than 150 queries for their 455
-    # calls. Sharing batches across requests, they need a handful per level.
+    # sharing no batch across requests, these 64 requests would need more than 150 queries
+    # for their 455 calls. Sharing batches across requests, they need a handful per level
+    # on an idle machine; when requests arrive slowly (under coverage, on a busy machine)
+    # batches are smaller, and up to about 50 queries were seen. At most 91 still shows
+    # the sharing, without depending on the machine's speed.
     assert calls == 455
     assert set(stats["queries"]) == {"users", "follows", "posts"}
-    assert queries * 10 <= calls, stats
+    assert queries * 5 <= calls, stats
 
 
 async def test_concurrent_requests_fill_one_batch(example, dsn, serve):
