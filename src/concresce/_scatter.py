@@ -90,7 +90,7 @@ def scatter(
     # Any other exception (say, a results generator that raised) leaves this call the
     # leader: it propagates like any fault of the leader, to every follower.
     call.state = SCATTERED
-    batch.deliver(shares, call)
+    batch.deliver(shares)
     own = shares[call.slot]
     if isinstance(own, Exception):
         raise own

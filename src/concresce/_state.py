@@ -521,7 +521,7 @@ class Batch:
         self.handle = None
         self.reason = reason
         part = self.part
-        if part.batcher.max_concurrency is None or part.has_slot():
+        if part.has_slot():
             self.dispatch()
         else:
             # Every slot is busy. The batch stays open and keeps collecting (up to max_size)
@@ -538,7 +538,7 @@ class Batch:
         self.cancel_timer()
         if self.queued:
             self.state = CLOSED
-        elif part.batcher.max_concurrency is None or part.has_slot():
+        elif part.has_slot():
             self.dispatch()
         else:
             self.state = CLOSED
@@ -654,9 +654,11 @@ class Batch:
 
     # -- ending -------------------------------------------------------------------------
 
-    def deliver(self, shares: list[Any], leader: Call) -> None:
-        """Route ``shares[slot]`` to every follower still waiting, then end the batch."""
-        del leader  # no longer a MEMBER: skipped like a member cancelled since
+    def deliver(self, shares: list[Any]) -> None:
+        """Route ``shares[slot]`` to every follower still waiting, then end the batch.
+
+        The leader is no longer a MEMBER: it is skipped like a member cancelled since.
+        """
         callers = self.callers
         values = shares if self.direct else [shares[member.slot] for member in callers]
         for member, value in zip(callers, values, strict=True):
