@@ -215,9 +215,14 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
             self.clock.advance_to(now + timeout)
 
 
+def batcher_of(fn: Any) -> Any:
+    """The engine's per-function state behind a decorated function's controls."""
+    return fn.stats.__self__.batcher
+
+
 def partitions_of(fn: Any) -> dict[object, Any]:
     """The engine's table of the live partitions of a decorated function (empty when idle)."""
-    partitions: dict[object, Any] = fn.stats.__self__.batcher.partitions
+    partitions: dict[object, Any] = batcher_of(fn).partitions
     return partitions
 
 

@@ -14,7 +14,7 @@ import pickle
 import threading
 
 import pytest
-from tests.support import Recorder, wait_all_tasks_blocked
+from tests.support import Recorder, batcher_of, wait_all_tasks_blocked
 
 from concresce import OverloadedError, batch, collect, scatter
 
@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 
 #: A window that never expires during a test.
 NEVER = 3600.0
-
-
-def batcher_of(fn):
-    """The engine's per-function state behind a decorated function's controls."""
-    return fn.stats.__self__.batcher
 
 
 def make_echo(record, *, gate=None, bulk=0.0, **options):

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.strategies import ARRIVAL_STEPS
-from tests.support import live_engine_objects, run_virtual
+from tests.support import live_engine_objects, partitions_of, run_virtual
 
 from concresce import OverloadedError, batch, collect, scatter
 from concresce._state import MEMBER
@@ -173,7 +173,7 @@ class Record:
 
 def waiting_now(work, loop, key):
     """Recount the calls of partition ``key`` waiting in batches not dispatched yet, member by member."""
-    part = work.stats.__self__.batcher.partitions.get((loop, key))
+    part = partitions_of(work).get((loop, key))
     if part is None:
         return 0
     batches = list(part.pending or ())
@@ -264,7 +264,7 @@ class Runner:
                 task.cancel()
             await asyncio.wait(pending)
         rec.outcomes = [outcome(task) for task in tasks]
-        if self.work.stats.__self__.batcher.partitions:
+        if partitions_of(self.work):
             rec.problems.append("the partition table is not empty after the run")
         return rec, self.work.stats()
 
