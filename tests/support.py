@@ -24,6 +24,7 @@ Which "let the loop run" helper to use:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import importlib.util
@@ -32,11 +33,12 @@ import itertools
 import math
 import selectors
 import sys
+import threading
 import traceback
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 
     from _typeshed import FileDescriptorLike
 
@@ -45,6 +47,8 @@ __all__ = [
     "Recorder",
     "VirtualClock",
     "VirtualClockEventLoop",
+    "batcher_of",
+    "call_open_on_another_loop",
     "cancel_and_wait",
     "current_clock",
     "describe_objects",
@@ -52,7 +56,9 @@ __all__ = [
     "engine_classes",
     "gc_collect_harder",
     "live_engine_objects",
+    "make_echo",
     "new_virtual_loop",
+    "partitions_of",
     "pending_tasks",
     "record_exception_handler_calls",
     "run_virtual",
@@ -472,6 +478,65 @@ async def settle(n: int = 10) -> None:
     """Yield to the event loop ``n`` times (``await asyncio.sleep(0)``)."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+def make_echo(
+    record: Callable[[list[Any]], object] | None = None,
+    *,
+    gate: asyncio.Event | None = None,
+    bulk: float = 0.0,
+    **options: Any,
+) -> Any:
+    """A ``@batch(**options)`` function that echoes ``("ok", item)`` to every caller.
+
+    Its leader passes each batch's items to ``record`` (if given), then waits for ``gate``
+    (if given) and sleeps ``bulk`` seconds (if not 0) before it scatters.
+    """
+    from concresce import batch, collect, scatter  # noqa: PLC0415 -- support works without the engine
+
+    @batch(**options)
+    async def echo(item: Any) -> Any:
+        items = await collect(item)
+        if record is not None:
+            record(items)
+        if gate is not None:
+            await gate.wait()
+        if bulk:
+            await asyncio.sleep(bulk)
+        return scatter([("ok", x) for x in items])
+
+    return echo
+
+
+@contextlib.contextmanager
+def call_open_on_another_loop(
+    fn: Callable[[str], Awaitable[Any]], end: Callable[[], Awaitable[object]]
+) -> Iterator[list[Any]]:
+    """Run ``fn("other")`` on an event loop in another thread; enter once it waits in its open batch.
+
+    On exit, that loop runs ``await end()``, which must let the batch go (a flush, a drain),
+    and the call's result is appended to the list the context manager gives.
+    """
+    opened = threading.Event()
+    release = threading.Event()
+    results: list[Any] = []
+
+    async def other() -> Any:
+        task = asyncio.create_task(fn("other"))
+        await wait_all_tasks_blocked()
+        opened.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        await end()
+        return await task
+
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(other())))
+    thread.start()
+    try:
+        assert opened.wait(10)
+        yield results
+    finally:
+        release.set()
+        thread.join(10)
 
 
 async def wait_all_tasks_blocked(*, max_turns: int = 10_000) -> None:

@@ -14,7 +14,7 @@ import pickle
 import threading
 
 import pytest
-from tests.support import Recorder, batcher_of, wait_all_tasks_blocked
+from tests.support import Recorder, batcher_of, call_open_on_another_loop, make_echo, wait_all_tasks_blocked
 
 from concresce import OverloadedError, batch, collect, scatter
 
@@ -22,22 +22,6 @@ pytestmark = pytest.mark.anyio
 
 #: A window that never expires during a test.
 NEVER = 3600.0
-
-
-def make_echo(record, *, gate=None, bulk=0.0, **options):
-    """A batched function that records each batch's items, waits for ``gate`` / ``bulk`` and echoes."""
-
-    @batch(**options)
-    async def echo(item):
-        items = await collect(item)
-        record(items)
-        if gate is not None:
-            await gate.wait()
-        if bulk:
-            await asyncio.sleep(bulk)
-        return scatter([("ok", x) for x in items])
-
-    return echo
 
 
 def ended(task):
@@ -414,16 +398,9 @@ def test_flush_acts_on_the_running_loop_only():
     """A batch open on another loop is left alone by flush() on this one."""
     record = Recorder()
     echo = make_echo(record, max_window=NEVER)
-    opened = threading.Event()
-    release = threading.Event()
 
-    async def other():
-        task = asyncio.create_task(echo("other"))
-        await wait_all_tasks_blocked()
-        opened.set()
-        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+    async def flush_there():
         assert echo.flush() == 1
-        return await task
 
     async def here():
         assert echo.flush() == 0
@@ -433,15 +410,8 @@ def test_flush_acts_on_the_running_loop_only():
         assert echo.flush() == 1
         return await task
 
-    results = []
-    thread = threading.Thread(target=lambda: results.append(asyncio.run(other())))
-    thread.start()
-    try:
-        assert opened.wait(10)
+    with call_open_on_another_loop(echo, flush_there) as results:
         assert asyncio.run(here()) == ("ok", "here")
-    finally:
-        release.set()
-        thread.join(10)
     assert results == [("ok", "other")]
     assert record == [["here"], ["other"]]
 
@@ -621,16 +591,6 @@ async def test_two_drains_at_once_both_return():
 def test_drain_does_not_wait_for_another_loops_batches():
     record = Recorder()
     echo = make_echo(record, max_window=NEVER)
-    opened = threading.Event()
-    release = threading.Event()
-
-    async def other():
-        task = asyncio.create_task(echo("other"))
-        await wait_all_tasks_blocked()
-        opened.set()
-        await asyncio.get_running_loop().run_in_executor(None, release.wait)
-        await echo.drain()
-        return await task
 
     async def here():
         task = asyncio.create_task(echo("here"))
@@ -638,16 +598,9 @@ def test_drain_does_not_wait_for_another_loops_batches():
         await echo.drain()  # flushes and waits for this loop's batch only
         return task.result()
 
-    results = []
-    thread = threading.Thread(target=lambda: results.append(asyncio.run(other())))
-    thread.start()
-    try:
-        assert opened.wait(10)
+    with call_open_on_another_loop(echo, echo.drain) as results:
         assert asyncio.run(here()) == ("ok", "here")
         assert record == [["here"]]
-    finally:
-        release.set()
-        thread.join(10)
     assert results == [("ok", "other")]
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import threading
 
 import pytest
-from tests.support import Recorder, run_virtual, wait_all_tasks_blocked
+from tests.support import Recorder, call_open_on_another_loop, make_echo, run_virtual, wait_all_tasks_blocked
 
 from concresce import BatchRoutingError, BatchStats, Summary, batch, collect, scatter
 
@@ -70,23 +69,6 @@ def expected(**fields):
         "bulk_duration": seconds(),
     }
     return BatchStats(flushes=flushes, **{**defaults, **fields})
-
-
-def make_echo(record=None, *, bulk=0.0, gate=None, **options):
-    """A batched function whose leader sleeps ``bulk`` seconds (or waits for ``gate``) and echoes."""
-
-    @batch(**options)
-    async def echo(item):
-        items = await collect(item)
-        if record is not None:
-            record(items)
-        if gate is not None:
-            await gate.wait()
-        if bulk:
-            await asyncio.sleep(bulk)
-        return scatter([("ok", x) for x in items])
-
-    return echo
 
 
 # --------------------------------------------------------------------------------------
@@ -536,29 +518,15 @@ def test_counters_add_up_across_event_loops():
 def test_gauges_cover_the_batches_of_every_loop():
     """A batch open on a loop in another thread shows in the snapshot taken from this one (no loop here)."""
     echo = make_echo(max_window=NEVER, max_size=10)
-    opened = threading.Event()
-    release = threading.Event()
 
-    async def other_loop():
-        task = asyncio.create_task(echo("other"))
-        await wait_all_tasks_blocked()
-        opened.set()
-        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+    async def flush_there():
         assert echo.flush() == 1
-        return await task
 
-    results = []
-    thread = threading.Thread(target=lambda: results.append(asyncio.run(other_loop())))
-    thread.start()
-    try:
-        assert opened.wait(10)
+    with call_open_on_another_loop(echo, flush_there) as results:
         stats = echo.stats()
         assert (stats.calls, stats.open_now, stats.in_flight_now, stats.batches) == (1, 1, 0, 0)
         with pytest.raises(RuntimeError):
             echo.flush()  # no running event loop in this thread
-    finally:
-        release.set()
-        thread.join(10)
     assert results == [("ok", "other")]
     assert echo.stats() == expected(
         calls=1,
