@@ -144,9 +144,9 @@ class UserRepository:
 
         If one row of the batch violates a constraint (a taken id, an empty name), the
         transaction is rolled back, nothing of the batch is written, and every caller of
-        the batch, the leader's caller and each follower, raises that same exception
-        object (an ``asyncpg.IntegrityConstraintViolationError``): an exception raised
-        before ``scatter()`` is the whole batch's fault. Other batches are unaffected.
+        the batch raises that exception (an ``asyncpg.IntegrityConstraintViolationError``;
+        each follower gets a copy of the leader's): an exception raised before
+        ``scatter()`` is the whole batch's fault. Other batches are unaffected.
         """
         rows = await collect((user_id, name))
         self.statements["INSERT"] += 1

@@ -50,6 +50,7 @@ __all__ = [
     "batcher_of",
     "call_open_on_another_loop",
     "cancel_and_wait",
+    "copy_of",
     "current_clock",
     "describe_objects",
     "describe_tasks",
@@ -219,6 +220,21 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
             self.clock.advance_to(max(now, self._scheduled[0].when()))
         else:
             self.clock.advance_to(now + timeout)
+
+
+def copy_of(error: object, original: BaseException) -> bool:
+    """Whether ``error`` is a follower's copy of the leader's ``original`` exception.
+
+    A follower gets its own copy (decision 8): another object of the same type, with the same
+    arguments and message, and no traceback of the leader's.
+    """
+    return (
+        isinstance(error, BaseException)
+        and error is not original
+        and type(error) is type(original)
+        and error.args == original.args
+        and str(error) == str(original)
+    )
 
 
 def batcher_of(fn: Any) -> Any:

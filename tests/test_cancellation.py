@@ -743,8 +743,8 @@ async def test_leader_timed_out_in_its_bulk_call_hands_over_at_once(clock):
     assert [ended(task) for task in (a, b, c)] == [("raised", asyncio.TimeoutError), ("returned", 20), ("returned", 30)]
 
 
-async def test_leader_ending_with_a_base_exception_hands_over_like_a_cancelled_one():
-    """A leader that ends with a BaseException that is not an Exception, before scatter(), hands the batch over."""
+async def test_leader_ending_with_a_base_exception_and_no_cancellation_request_is_a_fault():
+    """A BaseException that is not an Exception, raised with no cancellation request, reaches every member once."""
     record = Recorder()
 
     @batch(max_window=NEVER, max_size=3)
@@ -758,8 +758,8 @@ async def test_leader_ending_with_a_base_exception_hands_over_like_a_cancelled_o
     tasks = [asyncio.create_task(times_ten(x)) for x in (1, 2, 3)]
     await asyncio.wait(tasks)
 
-    assert record == [("lead", 1, [1, 2, 3]), ("lead", 2, [2, 3])]
-    assert [ended(task) for task in tasks] == [("raised", Abort), ("returned", 20), ("returned", 30)]
+    assert record == [("lead", 1, [1, 2, 3])]
+    assert [ended(task) for task in tasks] == [("raised", Abort)] * 3
 
 
 async def test_only_the_cancelled_tasks_see_cancelled_error():

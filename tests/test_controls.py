@@ -466,8 +466,8 @@ async def test_drain_waits_for_batches_in_flight_and_queued(clock):
     assert record == [[1], [2], [3]]
 
 
-async def test_drain_flushes_batches_opened_while_it_waits(clock):
-    """A batch opened (with an hour's window) while drain() waits for a running batch is flushed too."""
+async def test_drain_does_not_wait_for_batches_opened_after_it_was_called(clock):
+    """A batch opened (with an hour's window) while drain() waits for a running one neither delays it nor is flushed."""
     record = Recorder()
     echo = make_echo(record, bulk=1.0, max_window=NEVER)
     first = await started(echo(1))
@@ -478,9 +478,44 @@ async def test_drain_flushes_batches_opened_while_it_waits(clock):
 
     await drain
 
-    assert clock.now() - start == pytest.approx(1.5)  # 0.5 to end the first, 1.0 for the second
-    assert [ended(task) for task in first + second] == [("returned", ("ok", 1)), ("returned", ("ok", 2))]
+    assert clock.now() - start == pytest.approx(0.5)  # the end of the first batch
+    assert [ended(task) for task in first] == [("returned", ("ok", 1))]
+    assert not second[0].done()
+    assert echo.stats().open_now == 1
+    assert record == [[1]]
+    assert echo.flush() == 1
+    await asyncio.wait(second)
     assert record == [[1], [2]]
+
+
+async def test_drain_returns_under_steady_traffic(clock):
+    """Calls arriving all the time (a new batch every 10 ms) never delay drain() past the batches it found."""
+    record = Recorder()
+    echo = make_echo(record, bulk=0.05, max_window=0.01)
+    stop = asyncio.Event()
+    calls: list[asyncio.Task] = []
+
+    async def traffic():
+        item = 0
+        while not stop.is_set():
+            calls.append(asyncio.create_task(echo(item)))
+            item += 1
+            await asyncio.sleep(0.002)
+
+    producer = asyncio.create_task(traffic())
+    await asyncio.sleep(0.1)
+    before = list(calls)
+    start = clock.now()
+
+    await echo.drain()
+
+    waited = clock.now() - start
+    stop.set()
+    await producer
+    await asyncio.wait(calls)
+    assert all(task.done() for task in before)  # drained: every call that had joined has its outcome
+    assert waited <= 0.05 + 1e-9  # the longest bulk call in flight, not the traffic after it
+    assert [task.result() for task in calls] == [("ok", item) for item in range(len(calls))]
 
 
 async def test_drain_of_several_partitions_waits_for_all(clock):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from tests.strategies import batch_options, schedules
-from tests.support import live_engine_objects, partitions_of, run_virtual
+from tests.support import copy_of, live_engine_objects, partitions_of, run_virtual
 
 from concresce import MissingResultError, batch, collect, scatter
 
@@ -454,7 +454,9 @@ def explain_missing(error, call, lead, opts):
 
 
 def explain_leader_error(error, call, lead, opts):
-    if error.lead == lead.number and lead.plan.fault == "before" and lead.error is error:
+    # The leader's caller gets its exception, each follower a copy of it.
+    own = error is lead.error if lead.leader == call.index else copy_of(error, lead.error)
+    if error.lead == lead.number and lead.plan.fault == "before" and own:
         return None
     return f"got {error!r}, not the error of its batch's leader (lead {lead.number})"
 

@@ -349,15 +349,15 @@ async def test_a_leader_cancelled_in_its_bulk_call_counts_a_handover(clock):
     )
 
 
-async def test_a_leader_cancelled_before_it_resumed_counts_a_handover_and_a_cancellation():
-    """Chosen as the leader but cancelled in collect(): one cancellation, one handover."""
+async def test_a_leader_cancelled_before_it_resumed_counts_a_cancellation_only():
+    """Chosen as the leader but cancelled in collect(): one cancellation; it never ran, so no handover."""
     record = Recorder()
     echo = make_echo(record, max_window=NEVER, max_size=2)
 
     first = asyncio.create_task(echo(1))
     await wait_all_tasks_blocked()
     second = asyncio.create_task(echo(2))
-    while not echo.stats().batches:  # noqa: ASYNC110 -- one loop turn at a time is the point
+    while not echo.stats().in_flight_now:  # noqa: ASYNC110 -- one loop turn at a time is the point
         await asyncio.sleep(0)
     first.cancel()  # flushed by the second call, the first was woken but has not resumed
     await asyncio.wait([first, second])
@@ -366,8 +366,28 @@ async def test_a_leader_cancelled_before_it_resumed_counts_a_handover_and_a_canc
     assert second.result() == ("ok", 2)
     assert record == [[2]]
     stats = echo.stats()
-    assert (stats.calls, stats.batches, stats.items, stats.handovers, stats.cancellations) == (2, 1, 1, 1, 1)
+    assert (stats.calls, stats.batches, stats.items, stats.handovers, stats.cancellations) == (2, 1, 1, 0, 1)
     assert stats.leader_failures == 0
+
+
+async def test_a_batch_whose_only_member_was_cancelled_before_it_led_counts_one_cancellation_and_no_batch():
+    """The sole member, woken to lead and cancelled before it resumed: one cancellation, no batch, no record."""
+    records = Recorder()
+    echo = make_echo(max_window=NEVER, observer=records)
+
+    task = asyncio.create_task(echo(1))
+    await wait_all_tasks_blocked()
+    assert echo.flush() == 1  # dispatched: its only member is woken to lead
+    task.cancel()  # before it resumed
+    await asyncio.wait([task])
+
+    assert task.cancelled()
+    assert records == []
+    stats = echo.stats()
+    assert (stats.calls, stats.batches, stats.items, stats.handovers, stats.cancellations) == (1, 0, 0, 0, 1)
+    assert (stats.batch_size.count, stats.wait_time.count, stats.bulk_duration.count) == (0, 0, 0)
+    assert sum(stats.flushes.values()) == 0
+    assert (stats.open_now, stats.in_flight_now) == (0, 0)
 
 
 async def test_cancellations_count_members_cancelled_while_waiting():

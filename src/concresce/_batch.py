@@ -7,10 +7,11 @@ import inspect
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
+from . import _closed_loops  # noqa: F401 # pyright: ignore[reportUnusedImport] -- installs the sweep of closed loops
 from ._controls import Batched, Controls
 from ._options import check_callable, check_flag, check_limit, check_weight_limit, check_window
 from ._state import Batcher
-from ._wrapper import make_wrapper
+from ._wrapper import instance_key, make_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -154,8 +155,9 @@ def _decorate(
         max_pending=max_pending,
         observer=observer,
     )
-    partition = _partitioner(name, method, group_by)
-    wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, method=method))
+    instance = _first_parameter(fn) if method else None
+    partition = _partitioner(name, instance, group_by)
+    wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, instance=instance))
     controls = Controls(batcher)
     wrapper.stats = controls.stats
     wrapper.configure = controls.configure
@@ -166,18 +168,20 @@ def _decorate(
 
 def _partitioner(
     name: str,
-    method: bool,  # noqa: FBT001
+    instance: str | None,
     group_by: Callable[..., Hashable] | None,
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None:
-    """Return the function that computes a call's partition key, or None for one partition."""
+    """Return the function that computes a call's partition key, or None for one partition.
+
+    ``instance`` names a method's first parameter (``self`` or ``cls``); a method's calls are
+    partitioned by ``instance_key()`` of the object passed there, by position or by keyword.
+    """
     if group_by is None:
-        if not method:
+        if instance is None:
             return None
 
         def by_instance(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-            # Identity, not equality or hash: unhashable instances work, equal ones stay apart.
-            # The members' frames hold `self` while the partition exists, so the id is stable.
-            return id(args[0]) if args else id(kwargs.get("self", kwargs.get("cls")))
+            return instance_key(args[0] if args else kwargs.get(instance))
 
         return by_instance
 
@@ -188,11 +192,16 @@ def _partitioner(
         except TypeError as error:
             msg = f"{name}: group_by returned an unhashable key {key!r}; return a hashable value"
             raise TypeError(msg) from error
-        if method:
-            return (id(args[0]) if args else None, key)
+        if instance is not None:
+            return (instance_key(args[0] if args else kwargs.get(instance)), key)
         return key
 
     return by_group
+
+
+def _first_parameter(fn: Callable[..., Any]) -> str:
+    """The name of a method's first parameter, ``self`` or ``cls`` (see ``_is_method``)."""
+    return next(iter(inspect.signature(fn).parameters))
 
 
 def _is_method(fn: Callable[..., Any]) -> bool:

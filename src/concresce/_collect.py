@@ -9,6 +9,7 @@ from ._state import (
     IDLE,
     LEADING,
     MEMBER,
+    NESTED,
     NO_PARTITION,
     RESUMED,
     Batch,
@@ -18,6 +19,7 @@ from ._state import (
     call_of,
     open_guarded,
     outside_message,
+    refuse_reentry,
     routed_error,
 )
 
@@ -74,7 +76,10 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
     except RuntimeError:  # no running event loop
         call = None
     if call is None or call.state != IDLE:
-        raise RuntimeError(_misuse(call))
+        if call is None or call.state != NESTED:
+            raise RuntimeError(_misuse(call))
+        # A call made inside another call in the same task (rare: the slow path).
+        refuse_reentry(call)
     loop = running_loop()  # there is one: the call was found through the running task
     # Join the open batch of this call's partition (per loop, per partition key), opening the
     # partition and the batch as needed. Inline, and with few local variables: this runs once

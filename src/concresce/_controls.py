@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, 
 
 from ._loop import current_task, running_loop
 from ._options import check_limit, check_weight_limit, check_window
-from ._state import CALLS, Batcher, Partition
+from ._state import DONE, Batcher, Partition, calls_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -124,7 +124,7 @@ class Controls:
         batcher = self.batcher
         open_calls = open_now = in_flight_now = 0
         for part in list(batcher.partitions.values()):
-            in_flight_now += part.running
+            in_flight_now += len(part.running)
             waiting = list(part.pending or ())
             if part.open is not None and not part.open.queued:
                 waiting.append(part.open)
@@ -210,11 +210,13 @@ class Controls:
         return closed
 
     async def drain(self) -> None:
-        """Flush, then wait until no batch of this function is open or in flight on this loop.
+        """Flush, then wait until every call that had joined a batch has its outcome.
 
-        Batches opened meanwhile are flushed too, so ``drain()`` returns once every call
-        that had reached ``collect()`` has its result (or failure). Use it in tests with long
-        windows and at shutdown.
+        ``drain()`` flushes the function's open batches on this loop and waits for them and
+        for the batches already queued or in flight here to end, so it returns once every
+        call that had reached ``collect()`` when it was called has its result (or failure).
+        Calls that arrive later open new batches, which it does not wait for: under steady
+        traffic it still returns. Use it in tests with long windows and at shutdown.
 
         Raises:
             RuntimeError: Called inside a call of the same function, which would wait for
@@ -224,23 +226,24 @@ class Controls:
         """
         batcher = self.batcher
         loop = running_loop()
-        call = CALLS.get(current_task())  # type: ignore[arg-type]  # a task is running
-        if call is not None and call.batcher is batcher:
+        if any(call.batcher is batcher for call in calls_of(current_task())):  # type: ignore[arg-type]  # a task runs
             msg = (
                 f"{batcher.name}: drain() was awaited inside a call of the same function; it would wait "
                 "for its own batch forever (drain from outside, e.g. at shutdown)"
             )
             raise RuntimeError(msg)
-        while True:
-            self.flush()
-            if not any(part.loop is loop for part in list(batcher.partitions.values())):
-                return
+        self.flush()  # now every batch of this loop is queued for a slot or running
+        parts = [part for part in list(batcher.partitions.values()) if part.loop is loop]
+        batches = [batch for part in parts for batch in (*part.running, *(part.pending or ()))]
+        while any(batch.state != DONE for batch in batches):
             fut = loop.create_future()
             batcher.drainers.append(fut)
             try:
                 await fut
             finally:
-                batcher.drainers.remove(fut)
+                # Gone already if its loop was closed by hand (_closed_loops.py).
+                with contextlib.suppress(ValueError):
+                    batcher.drainers.remove(fut)
 
 
 def _release_all(batcher: Batcher) -> None:

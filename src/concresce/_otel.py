@@ -7,13 +7,15 @@ A traced batch gets one span per leader run, started when the leader resumes fro
 ``collect()`` (so the leader's current span is its parent) and ended when the batch is routed,
 fails, or the leader leaves (a handover: the next leader's run gets a span of its own). The
 span links to the span that was current in **every** member when it called ``collect()``.
+While the leader runs the bulk section the span is the current one in its context, so spans
+the bulk code starts (a database client's, an HTTP client's) are its children.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
-from ._state import TRACING
+from ._state import TRACING, partition_label
 
 if TYPE_CHECKING:
     from ._state import Batch
@@ -67,26 +69,32 @@ def disable_tracing() -> None:
 class _Api:
     """What the traces use of OpenTelemetry, looked up once by enable_tracing()."""
 
-    __slots__ = ("current_span", "link", "status", "tracer")
+    __slots__ = ("attach", "current_span", "detach", "in_context", "link", "status", "tracer")
 
     def __init__(self, trace: Any, tracer: Any) -> None:
+        from opentelemetry import context  # noqa: PLC0415 -- imported only when tracing is wanted
+
         self.tracer = tracer
         self.current_span = trace.get_current_span
         self.link = trace.Link
         self.status = (trace.Status, trace.StatusCode.ERROR)
+        self.in_context = trace.set_span_in_context
+        self.attach = context.attach
+        self.detach = context.detach
 
 
 @final
 class _BatchTrace:
     """The spans of one batch: the members' span contexts, and the running leader's span."""
 
-    __slots__ = ("api", "links", "name", "span")
+    __slots__ = ("api", "links", "name", "span", "token")
 
     def __init__(self, api: _Api, name: str) -> None:
         self.api = api
         self.name = name
         self.links: list[Any] = []
         self.span: Any = None
+        self.token: Any = None  # makes the span current in the leader's context until end()
 
     def join(self) -> None:
         context = self.api.current_span().get_span_context()
@@ -97,19 +105,23 @@ class _BatchTrace:
         api = self.api
         part = batch.part
         attributes: dict[str, Any] = {"concresce.function": self.name}
-        if part.key is not part.loop:
-            attributes["concresce.partition"] = repr(part.key[1])  # type: ignore[index]
-        self.span = api.tracer.start_span(
+        label = partition_label(part)
+        if label is not None:
+            attributes["concresce.partition"] = label
+        span = self.span = api.tracer.start_span(
             f"concresce.batch {self.name}",
             links=[api.link(context) for context in self.links],
             attributes=attributes,
         )
+        # start() runs in the leader's task, and so does end() (scatter(), or the leader's
+        # failure or handover): the span is current for exactly the bulk section.
+        self.token = api.attach(api.in_context(span))
 
     def end(self, batch: Batch, outcome: Outcome, error: BaseException | None) -> None:
-        span = self.span
-        if span is None:  # dispatched with nobody left to lead: no run, no span
-            return
+        span = self.span  # started by this run's start(): end() follows only a leader's run
         self.span = None
+        self.api.detach(self.token)
+        self.token = None
         span.set_attributes(
             {
                 "concresce.batch.calls": len(batch.members),

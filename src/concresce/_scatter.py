@@ -7,7 +7,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Final, TypeVar, overload
 
 from ._errors import BatchRoutingError, MissingResultError
-from ._state import GONE, IDLE, LEADING, SCATTERED, Batch, Call, current_call
+from ._state import GONE, IDLE, LEADING, NESTED, SCATTERED, Batch, Call, current_call
 
 __all__ = ["scatter"]
 
@@ -101,7 +101,7 @@ def _misuse(call: Call, state: int) -> str:
     name = call.batcher.name
     if state == SCATTERED:
         return f"{name}: scatter() was already called for this batch; call it once, with every result"
-    if state == IDLE:
+    if state in {IDLE, NESTED}:
         return (
             f"{name}: scatter() was called before collect(); await collect(item) first, then scatter() the bulk results"
         )

@@ -12,13 +12,15 @@ as it has no open, queued or running batch, and a finished batch drops its membe
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
+from weakref import WeakSet
 
 from ._errors import OverloadedError
-from ._loop import Task, current_task
+from ._loop import Task, current_task, running_loop
 from ._stats import OBSERVERS, BatchRecord, Counters, notify
 
 if TYPE_CHECKING:
@@ -48,8 +50,13 @@ CALLS: Final[dict[Task[Any], Call]] = {}
 # call (it skips its method-call optimisation for imported names), about 400 instructions.
 call_of: Final = CALLS.get
 
+# Every decorated function's Batcher, for _closed_loops.py; weak: a function may go away.
+BATCHERS: Final[WeakSet[Batcher]] = WeakSet()
+
 # Call states. A call moves IDLE -> MEMBER -> (LEADING -> SCATTERED | RESUMED | FAILED),
-# or to GONE when it leaves (cancelled, or a leader that aborted and handed over).
+# or to GONE when it leaves (cancelled, or a leader that aborted and handed over). A call
+# made inside another call in the same task starts NESTED instead of IDLE, so that its
+# collect() takes the slow path that checks for re-entrancy (``join_nested()``).
 IDLE: Final[int] = 0  # running its body, has not awaited collect()
 MEMBER: Final[int] = 1  # suspended in collect(), in an open or dispatched batch
 LEADING: Final[int] = 2  # chosen as the leader; collect() returns (or returned) the items
@@ -57,6 +64,7 @@ SCATTERED: Final[int] = 3  # the leader whose scatter() routed the batch (or fai
 RESUMED: Final[int] = 4  # a follower that was routed a value
 FAILED: Final[int] = 5  # a follower that was routed an exception
 GONE: Final[int] = 6  # left the batch: cancelled, or a leader that handed the batch over
+NESTED: Final[int] = 7  # like IDLE, for a call made while its task runs another call
 
 # Batch states.
 OPEN: Final[int] = 0  # accepting members (possibly already due and queued for a slot)
@@ -111,6 +119,37 @@ def current_call(what: str) -> Call:
     return call
 
 
+def refuse_reentry(call: Call) -> None:
+    """Raise a RuntimeError if nested ``call`` would wait for a slot that its own task holds.
+
+    The call was made inside another call in the same task, e.g. a batched function calling
+    itself from its bulk section. Under ``max_concurrency`` its batch could then wait for a
+    slot that only its own leader can free: a deadlock, refused here instead.
+    """
+    batcher = call.batcher
+    loop = running_loop()
+    part = batcher.partitions.get(loop if call.pkey is NO_PARTITION else (loop, call.pkey))
+    if part is not None and part.blocked(call):
+        msg = (
+            f"{batcher.name}: called again from its own bulk section (between collect() and "
+            f"scatter()) while every one of its max_concurrency={batcher.max_concurrency} slots "
+            "is held by a leader waiting for such a call: its batch could never run (a deadlock). "
+            "Make the nested call before collect() or after scatter(), or raise max_concurrency"
+        )
+        raise RuntimeError(msg)
+    call.state = IDLE
+
+
+def calls_of(task: Task[Any]) -> list[Call]:
+    """The calls ``task`` is running, innermost first."""
+    calls: list[Call] = []
+    call = CALLS.get(task)
+    while call is not None:
+        calls.append(call)
+        call = getattr(call, "outer", None)
+    return calls
+
+
 def routed_error(call: Call) -> BaseException:
     """Return the exception routed to follower ``call``, with its traceback as at routing.
 
@@ -123,7 +162,7 @@ def routed_error(call: Call) -> BaseException:
 
 
 def open_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object) -> Batch:
-    """Return the batch ``call`` joins, on collect()'s slow path: load shedding, weights.
+    """Return the batch ``call`` joins, on collect()'s slow path: dedupe, shedding, weights.
 
     Sets ``call.weight``. The open batch is closed first if ``item`` would tip it over its
     weight budget.
@@ -131,10 +170,16 @@ def open_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object)
     Raises:
         OverloadedError: ``max_pending`` calls of the partition already wait.
         TypeError, ValueError: The weight function returned something that is not a number
-            >= 0 (whatever it raised propagates as is). Either way this call alone fails,
-            before it joins a batch.
+            >= 0 (whatever it raised propagates as is).
+        Exception: With dedupe, whatever the item's ``__hash__`` raised, but ``TypeError``
+            (an unhashable item is simply never a duplicate).
+
+        Whatever it raises, this call alone fails, before it joins a batch.
     """
     batcher = call.batcher
+    if batcher.dedupe:
+        with contextlib.suppress(TypeError):  # unhashable: never a duplicate, but it may join
+            hash(item)
     part = batcher.partitions.get(key)
     batch = None if part is None else part.open
     weight = 0.0
@@ -152,9 +197,14 @@ def open_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object)
     if batch is not None:
         max_weight = batch.max_weight
         if max_weight is not None and batch.live() and batch.weight + weight > max_weight:
-            # The item would tip the open batch over its budget: the batch goes as it is.
+            # The item would tip the open batch over its budget: the batch goes as it is. It
+            # may end at once (its members were all cancelled in this loop turn), and its
+            # partition with it: look the partition up again.
             batch.close("weight")
             batch = None
+            part = batcher.partitions.get(key)
+            if part is None:
+                part = batcher.partitions[key] = Partition(batcher, key, loop)
     if batch is None:
         batch = part.open = Batch(part)
     call.weight = weight
@@ -187,6 +237,7 @@ class Batcher:
     """Configuration and live partitions of one decorated function."""
 
     __slots__ = (
+        "__weakref__",
         "counters",
         "dedupe",
         "drainers",
@@ -226,8 +277,10 @@ class Batcher:
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
         self.counters = Counters()
-        # Futures of drain() calls, woken whenever a batch on their loop ends.
+        # Futures of drain() calls, woken whenever a batch on their loop ends. Other threads
+        # append and remove theirs: iterate over a copy.
         self.drainers: list[Waiter] = []
+        BATCHERS.add(self)
 
     def set_limits(
         self,
@@ -246,7 +299,8 @@ class Batcher:
         # Whether calls take the slow path of collect() (weights, load shedding). A function
         # with a weight function always does: a batch opened with a max_weight keeps it after
         # configure(max_weight=None), and its members must be weighed.
-        self.guarded = self.weight is not None or max_pending is not None
+        # dedupe too: an item whose __hash__ raises must fail its call before it joins.
+        self.guarded = self.weight is not None or max_pending is not None or self.dedupe
 
     def reset_counters(self) -> None:
         """Restart the statistics (``stats(reset=True)``)."""
@@ -257,15 +311,16 @@ class Batcher:
 class Call:
     """One call of a decorated function: its role in a batch and, for a follower, its outcome."""
 
-    __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value", "weight")
+    __slots__ = ("batch", "batcher", "fut", "item", "outer", "pkey", "slot", "state", "tb", "value", "weight")
 
     # No __init__ (a Python-level one costs a frame on the hot path, once per call): the
-    # wrapper sets batcher, pkey and state; the rest is set when the call joins a batch (item,
-    # batch, fut), when its leader resumes (slot) or when a result is routed to it (value, tb),
-    # and read only after that.
+    # wrapper sets batcher, pkey and state (and outer, for a NESTED call); the rest is set when
+    # the call joins a batch (item, batch, fut), when its leader resumes (slot) or when a result
+    # is routed to it (value, tb), and read only after that.
     batcher: Batcher
     pkey: Hashable
     state: int
+    outer: Call  # NESTED calls only: the call its task was running when this one started
     item: Any
     batch: Batch
     fut: Waiter
@@ -289,12 +344,13 @@ class Partition:
         # Batches that are due but wait for a concurrency slot, in order (max_concurrency only:
         # made when a batch first has to wait).
         self.pending: deque[Batch] | None = None
-        self.running = 0
+        # Batches dispatched and not ended: each holds a concurrency slot.
+        self.running: set[Batch] = set()
 
     def has_slot(self) -> bool:
         """Whether a due batch may be dispatched now without overtaking a queued one."""
         limit = self.batcher.max_concurrency
-        return limit is None or (self.running < limit and not self.pending)
+        return limit is None or (len(self.running) < limit and not self.pending)
 
     def enqueue(self, batch: Batch) -> None:
         """Queue a due ``batch`` for a concurrency slot: every slot is busy."""
@@ -310,7 +366,7 @@ class Partition:
         Any drain() waiting on this loop looks again: it returns once the partition is gone,
         and flushes a batch that opened while it waited.
         """
-        if self.open is None and self.running == 0 and not self.pending:
+        if self.open is None and not self.running and not self.pending:
             parts = self.batcher.partitions
             # A queued batch that ended at its dispatch (every member gone) frees its slot
             # through a nested finish(), which may have removed this partition already.
@@ -331,15 +387,34 @@ class Partition:
         """Dispatch queued batches while slots are free (max_concurrency was raised)."""
         limit = self.batcher.max_concurrency
         pending = self.pending
-        while pending and (limit is None or self.running < limit):
+        while pending and (limit is None or len(self.running) < limit):
             pending.popleft().dispatch()
 
     def wake_drainers(self) -> None:
         """Wake the drain() calls waiting on this partition's loop: they look again."""
         loop = self.loop
-        for fut in self.batcher.drainers:
+        for fut in tuple(self.batcher.drainers):
             if fut.get_loop() is loop and not fut.done():
                 fut.set_result(None)
+
+    def blocked(self, call: Call) -> bool:
+        """Whether nested ``call``, joining this partition, would wait for ever for a slot.
+
+        It would if every slot is held by a running batch whose leader's task waits, in a
+        nested call, in a batch of this partition not dispatched yet (``call`` counts as
+        waiting): no slot can ever free.
+        """
+        limit = self.batcher.max_concurrency
+        if limit is None or len(self.running) < limit:
+            return False
+        for batch in self.running:
+            task = batch.leader_task
+            inner = None if task is None else CALLS.get(task)
+            if inner is not call and (
+                inner is None or inner.state != MEMBER or inner.batch.part is not self or inner.batch.state == RUNNING
+            ):
+                return False
+        return True
 
 
 @final
@@ -361,6 +436,7 @@ class Batch:
         "dupes",
         "handle",
         "handovers",
+        "leader_task",
         "limit",
         "max_size",
         "max_weight",
@@ -369,6 +445,7 @@ class Batch:
         "part",
         "queued",
         "reason",
+        "runs",
         "scan",
         "state",
         "trace",
@@ -378,6 +455,8 @@ class Batch:
     # Set when the batch is dispatched (dispatched) or when its leader resumes (the others),
     # and read only after that: not in __init__, which runs once per batch.
     dispatched: float  # the loop's time at the dispatch
+    runs: int  # how many leaders resumed with its items (more than one after a handover)
+    leader_task: Task[Any] | None  # with max_concurrency: the task of the running leader
     callers: list[Call]  # the members routed by scatter()
     direct: bool  # callers is members and each member's slot is its index
 
@@ -436,10 +515,10 @@ class Batch:
             item = call.item
             try:
                 seen = counts.get(item, 0)
-            except TypeError:  # unhashable: never a duplicate
+                counts[item] = seen + 1
+            except Exception:  # noqa: BLE001, S110 -- unhashable, or a raising __eq__: never a duplicate
                 pass
             else:
-                counts[item] = seen + 1
                 if seen:
                     self.dupes += 1
         max_weight = self.max_weight
@@ -463,14 +542,13 @@ class Batch:
             item = call.item
             try:
                 seen = counts.get(item, 0)
-            except TypeError:
-                pass
-            else:
-                if seen > 1:
+                if seen <= 1:
+                    counts.pop(item, None)
+                else:
                     counts[item] = seen - 1
                     self.dupes -= 1
-                else:
-                    counts.pop(item, None)
+            except Exception:  # noqa: BLE001, S110 -- an item admitted() could not count either
+                pass
         # The batch may stay open for a long window: do not keep the departed item alive.
         call.item = None
         if not self.live():
@@ -481,6 +559,10 @@ class Batch:
         state = call.state
         call.state = GONE
         call.value = call.tb = None  # a routed result, if any, is dropped
+        if self.part.loop.is_closed():
+            # The coroutine is being closed after its loop was closed by hand: nothing can run
+            # any more, so nobody is woken (the loop would refuse it).
+            return
         self.part.batcher.counters.cancellations += 1
         if state == MEMBER:
             if self.state in (OPEN, CLOSED):
@@ -491,7 +573,7 @@ class Batch:
                 self.departed += 1
         elif state == LEADING:
             # Chosen as the leader but cancelled before it resumed: not its followers' fault.
-            self.hand_over(call)
+            self.hand_over(call, resumed=False)
 
     def discard(self) -> None:
         """Every member left before dispatch: drop the batch without running anything."""
@@ -559,17 +641,15 @@ class Batch:
         self.cancel_timer()
         self.state = RUNNING
         self.counts = None
-        part.running += 1
-        now = self.dispatched = part.loop.time()
-        counters = part.batcher.counters
-        counters.batches += 1
-        counters.calls += len(self.members)
-        counters.flushes[self.reason] += 1
-        counters.wait_time.add(now - self.opened)
+        self.runs = 0
+        self.leader_task = None
+        part.running.add(self)
+        self.dispatched = part.loop.time()
+        part.batcher.counters.calls += len(self.members)
         self.next_leader()
 
     def next_leader(self) -> None:
-        """Wake the earliest member still waiting as the leader, or end the batch if none is left."""
+        """Wake the earliest member still waiting as the leader; end the batch if none is left."""
         members = self.members
         index = self.scan
         count = len(members)
@@ -591,11 +671,22 @@ class Batch:
         Called when the leader resumes from ``collect()``: a member cancelled since the
         dispatch is left out. With dedupe, equal items share one slot (first arrival wins).
         """
+        part = self.part
+        if not self.runs:
+            # The first leader runs: the batch counts (one whose members all left before is
+            # dropped like a batch discarded while open).
+            counters = part.batcher.counters
+            counters.batches += 1
+            counters.flushes[self.reason] += 1
+            counters.wait_time.add(self.dispatched - self.opened)
+        self.runs += 1
+        if part.batcher.max_concurrency is not None:
+            self.leader_task = current_task()  # for Partition.blocked()
         members = self.members
         if (
             self.scan == 1  # the first member leads: no handover, it did not leave
             and not self.departed
-            and not self.part.batcher.dedupe
+            and not part.batcher.dedupe
             # The leader's waiter is done; any other done waiter is a member cancelled since.
             # (Every waiter comes from the same loop's create_future(): one type, one done().)
             and sum(map(type(leader.fut).done, map(_WAITER, members))) == 1
@@ -627,11 +718,10 @@ class Batch:
             if index is not None:
                 try:
                     slot = index.get(item)
-                except TypeError:  # unhashable items are never merged
-                    slot = None
-                else:
                     if slot is None:
                         index[item] = len(items)
+                except Exception:  # noqa: BLE001 -- unhashable, or a raising __eq__: never merged
+                    slot = None
                 if slot is not None:
                     member.slot = slot
                     continue
@@ -675,37 +765,61 @@ class Batch:
         self.finish("ok")
 
     def fail(self, error: BaseException, leader: Call) -> None:
-        """Raise ``error`` in every member still waiting, then end the batch."""
-        tb = error.__traceback__
+        """Raise ``error`` in every member still waiting, then end the batch.
+
+        Each follower gets its own copy (``follower_copy()``), so that its traceback is its
+        own and keeps no frame of the leader's alive.
+        """
+        origin = fault_origin(error, self.part.batcher.name)
         for member in self.members:
             if member is leader:
                 continue
             fut = member.fut
             if member.state != MEMBER or fut.done():
                 continue
-            member.value = error
-            member.tb = tb
+            member.value = follower_copy(error, origin)
+            member.tb = None
             member.state = FAILED
             fut.set_result(None)
         self.finish("error", error)
 
-    def hand_over(self, leader: Call) -> None:
-        """The leader left before scatter(): the earliest member still waiting leads instead."""
+    def hand_over(self, leader: Call, *, resumed: bool = True) -> None:
+        """The leader left before scatter(): the earliest member still waiting leads instead.
+
+        A leader that left while it ran the bulk section counts as a handover; one chosen but
+        cancelled before it resumed from collect() counts as a cancellation only.
+        """
         leader.state = GONE
         self.callers = []
-        self.handovers += 1
-        self.part.batcher.counters.handovers += 1
-        if self.trace is not None:
-            self.trace.end(self, "handover", None)
+        if resumed:
+            self.handovers += 1
+            self.part.batcher.counters.handovers += 1
+            if self.trace is not None:
+                self.trace.end(self, "handover", None)
+        if self.part.loop.is_closed():
+            return  # a coroutine closed after its loop: nothing can run any more
         self.next_leader()
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        """Record how the batch ended, then release its slot and every reference to members.
+        """Release the batch's slot and every reference to members, then record how it ended.
 
-        Runs once: only a running batch ends.
+        Runs once: only a running batch ends. The bookkeeping comes first and the reporting
+        (statistics, trace, observers) cannot fail it: nothing it raises reaches a caller.
         """
         self.state = DONE
+        if self.trace is not None and outcome != "handover":
+            self.trace.end(self, outcome, error)  # the span is current in the leader until now
         part = self.part
+        calls = len(self.members)
+        self.members = []
+        self.callers = []
+        # Free the slot: queued batches go in order while slots are free.
+        part.running.discard(self)
+        if part.pending:
+            part.release()
+        part.batch_ended()
+        if not self.runs:
+            return  # no leader ever resumed: every member left; nothing ran
         batcher = part.batcher
         duration = part.loop.time() - self.dispatched
         counters = batcher.counters
@@ -714,27 +828,17 @@ class Batch:
         counters.bulk_duration.add(duration)
         if error is not None:
             counters.leader_failures += 1
-        if self.trace is not None and outcome != "handover":
-            self.trace.end(self, outcome, error)
         if batcher.observer is not None or OBSERVERS:
-            self.report(outcome, error, duration)
-        self.members = []
-        self.callers = []
-        # Free the slot: queued batches go in order while slots are free.
-        part.running -= 1
-        if part.pending:
-            part.release()
-        part.batch_ended()
+            self.report(outcome, error, duration, calls)
 
-    def report(self, outcome: Outcome, error: BaseException | None, duration: float) -> None:
+    def report(self, outcome: Outcome, error: BaseException | None, duration: float, calls: int) -> None:
         """Pass the batch's record to its function's observer and the global observers."""
         part = self.part
         batcher = part.batcher
-        pkey = part.key
         record = BatchRecord(
             function=batcher.name,
-            partition=None if pkey is part.loop else repr(pkey[1]),  # type: ignore[index]
-            calls=len(self.members),
+            partition=partition_label(part),
+            calls=calls,
             size=self.count,
             reason=self.reason,
             waited=self.dispatched - self.opened,
@@ -747,3 +851,68 @@ class Batch:
         if batcher.observer is not None:
             observers.insert(0, batcher.observer)
         notify(observers, record)
+
+
+def partition_label(part: Partition) -> str | None:
+    """``repr()`` of a partition's key for records and spans (None for a loop's only one).
+
+    Never raises: the key is the user's (``group_by``), and its ``repr()`` may fail.
+    """
+    key = part.key
+    if key is part.loop:
+        return None
+    value: object = cast("tuple[object, object]", key)[1]  # (loop, partition key)
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001 -- reported in the label instead
+        return f"<{type(value).__name__} key, repr() raised {type(error).__name__}>"
+
+
+def fault_origin(error: BaseException, name: str) -> str:
+    """Where the leader's ``error`` was raised, in words, for the followers' copies."""
+    tb = error.__traceback__
+    where = ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        where = f' (raised at "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name})'
+        tb = tb.tb_next
+    return f"concresce: raised by the leader of this call's batch of {name}{where}"
+
+
+def follower_copy(error: BaseException, origin: str) -> BaseException:
+    """A copy of the leader's ``error`` for one follower: same type, arguments and attributes.
+
+    The copy carries no traceback of the leader's, so it keeps none of the leader's frames
+    (with their items and rows) alive; its cause and context are copied the same way, so the
+    chain still reads the same. On Python 3.11+ a note says where the leader raised it. An
+    exception that cannot be rebuilt this way is shared as it is.
+    """
+    copy = _bare_copy(error, depth=8)
+    if copy is error:
+        return error
+    if sys.version_info >= (3, 11):
+        notes = getattr(error, "__notes__", None)
+        copy.__notes__ = [*notes, origin] if isinstance(notes, list) else [origin]
+    return copy
+
+
+def _bare_copy(error: BaseException, depth: int) -> BaseException:
+    """``error`` rebuilt without a traceback, with its cause and context copied likewise."""
+    cls = type(error)
+    try:
+        copy = cls.__new__(cls, *error.args)
+        copy.args = error.args
+        state = getattr(error, "__dict__", None)
+        if state:
+            copy.__dict__.update(state)
+    except Exception:  # noqa: BLE001 -- an exception type that cannot be rebuilt this way
+        return error
+    if depth:
+        # A link that cannot be copied is left out rather than shared: it holds frames.
+        cause, context = error.__cause__, error.__context__
+        if cause is not None and (link := _bare_copy(cause, depth - 1)) is not cause:
+            copy.__cause__ = link
+        if context is not None and (link := _bare_copy(context, depth - 1)) is not context:
+            copy.__context__ = link
+    copy.__suppress_context__ = error.__suppress_context__
+    return copy

@@ -82,14 +82,17 @@ class BatchStats:
 
     Attributes:
         calls: Calls that joined a batch (awaited ``collect()``).
-        batches: Batches dispatched to a leader.
+        batches: Batches whose leader resumed with their items (a batch whose members all
+            left before that never ran, and does not count).
         items: Items passed to leaders (after cancellations and ``dedupe``).
         flushes: Dispatched batches by the reason they stopped collecting: ``size``,
             ``window``, ``tick``, ``weight``, ``flush`` (every reason is a key).
         leader_failures: Batches that ended in an error: the leader raised before
             ``scatter()``, returned without it, or ``scatter()`` could not route.
-        handovers: Leaders that left (cancelled) before ``scatter()``, passing the batch on.
-        cancellations: Members cancelled while waiting in ``collect()``.
+        handovers: Leaders whose task was cancelled while they ran the bulk section, before
+            ``scatter()`` (the next member still waiting, if any, runs it again).
+        cancellations: Members cancelled while waiting in ``collect()``, a member chosen to
+            lead but cancelled before it resumed included.
         shed: Calls refused with ``OverloadedError`` (``max_pending``).
         open_now: Batches collecting or waiting for a concurrency slot now.
         in_flight_now: Batches dispatched and not yet routed now.
@@ -131,7 +134,7 @@ class BatchRecord:
         duration: Seconds from the dispatch to the end.
         outcome: ``"ok"``, ``"error"`` or ``"handover"`` (see ``BatchStats``).
         error: The exception's type when ``outcome`` is ``"error"``, else ``None``.
-        handovers: How many leaders left before ``scatter()`` and passed the batch on.
+        handovers: How many leaders left (cancelled) while they ran the bulk section.
 
     Added in version 0.3.
     """
@@ -157,7 +160,7 @@ def add_observer(observer: Callable[[BatchRecord], object], /) -> None:
 
     An observer runs on the event loop, synchronously, when the batch ends (inside the
     leader's ``scatter()``, or where the failure happened): keep it quick and non-blocking.
-    An exception it raises is logged on the ``concresce`` logger and never reaches a caller.
+    Whatever it raises is logged on the ``concresce`` logger and never reaches a caller.
     Adding the same observer twice registers it once.
 
     Args:
@@ -191,11 +194,15 @@ def remove_observer(observer: Callable[[BatchRecord], object], /) -> None:
 
 
 def notify(observers: list[Callable[[BatchRecord], object]], record: BatchRecord) -> None:
-    """Pass ``record`` to every observer; log, never raise, what they raise."""
+    """Pass ``record`` to every observer; log, never raise, what they raise.
+
+    Whatever an observer raises, a ``BaseException`` included, is logged: the batch has been
+    routed already, and its callers must get their results.
+    """
     for observer in observers:
         try:
             observer(record)
-        except Exception:  # noqa: PERF203 -- an observer's failure must not skip the next one
+        except BaseException:  # noqa: PERF203 -- a failing observer must not skip the next one
             logger.exception("concresce: observer %r raised for a batch of %s", observer, record.function)
 
 

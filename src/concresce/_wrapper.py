@@ -14,15 +14,21 @@ from __future__ import annotations
 import inspect
 import linecache
 import sys
+from asyncio import CancelledError
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._loop import current_task
-from ._state import CALLS, IDLE, LEADING, NO_PARTITION, RESUMED, SCATTERED, Batcher, Call, Resume
+from ._state import CALLS, IDLE, LEADING, NESTED, NO_PARTITION, RESUMED, SCATTERED, Batch, Batcher, Call, Resume
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
 
-__all__ = ["make_wrapper"]
+__all__ = ["instance_key", "make_wrapper"]
+
+#: The partition of a method's calls on an instance: its identity, not equality or hash, so
+#: unhashable instances work and equal ones stay apart. The members' frames hold the instance
+#: while the partition exists, so the id is stable. The one rule for both kinds of wrapper.
+instance_key: Final = id
 
 _TEMPLATE: Final = """\
 async def wrapper({parameters}):
@@ -38,10 +44,14 @@ async def wrapper({parameters}):
     call.batcher = batcher
     # group_by runs here, before the body: if it fails, this call alone fails.
     call.pkey = {pkey}
-    call.state = IDLE
     # The current call of this task, found by collect() and scatter(). A task runs one
-    # call at a time; a nested call of another batched function stacks on top of it.
+    # call at a time; a nested call of a batched function stacks on top of it.
     outer = CALLS.get(task)
+    if outer is None:
+        call.state = IDLE
+    else:
+        call.state = NESTED  # its collect() checks that it cannot wait for its own slot
+        call.outer = outer
     CALLS[task] = call
     try:
         result = await fn({arguments})
@@ -56,9 +66,9 @@ async def wrapper({parameters}):
         if call.state != SCATTERED:  # the leader that routed its batch: nothing to check
             ended_by_return(call)
     finally:
-        if outer is None:
-            del CALLS[task]
-        else:
+        # pop(), not del: after its loop was closed by hand, the entry may be gone already
+        # (_closed_loops.py) and must not come back.
+        if forget(task, None) is call and outer is not None:
             CALLS[task] = outer
         # This frame may live on in a traceback that the task itself holds: no cycle.
         del task, outer
@@ -67,9 +77,9 @@ async def wrapper({parameters}):
 
 # Names the template binds or reads: a parameter of the same name would shadow them.
 _RESERVED: Final = frozenset({
-    "BaseException", "CALLS", "Call", "IDLE", "NO_PARTITION", "Resume", "RuntimeError", "SCATTERED", "args",
-    "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn", "id", "kwargs", "outer",
-    "partition", "result", "task", "wrapper",
+    "BaseException", "CALLS", "Call", "IDLE", "NESTED", "NO_PARTITION", "Resume", "RuntimeError", "SCATTERED",
+    "args", "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn", "forget", "instance_key",
+    "kwargs", "outer", "partition", "result", "task", "wrapper",
 })  # fmt: skip
 
 
@@ -90,9 +100,13 @@ def make_wrapper(
     batcher: Batcher,
     partition: Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None,
     *,
-    method: bool,
+    instance: str | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
-    """Compile the wrapper of ``fn`` (``functools.wraps`` is applied by the caller)."""
+    """Compile the wrapper of ``fn`` (``functools.wraps`` is applied by the caller).
+
+    ``instance`` names a method's ``self``/``cls`` parameter (None for a function): the
+    wrapper partitions by ``instance_key()`` of it.
+    """
     # The wrapper's globals: a namespace of its own, so fn, batcher and partition are globals
     # rather than closure variables (which would take three slots in the frame of every
     # waiting call).
@@ -103,21 +117,26 @@ def make_wrapper(
         "CALLS": CALLS,
         "Call": Call,
         "IDLE": IDLE,
+        "NESTED": NESTED,
+        "forget": CALLS.pop,
         "Resume": Resume,
         "current_task": current_task,
         "ended_by_error": ended_by_error,
         "ended_by_return": ended_by_return,
+        "instance_key": instance_key,
         "SCATTERED": SCATTERED,
     }
     exact = _exact_signature(fn, namespace) if batcher.group_by is None else None
+    if exact is not None and instance is not None and exact[2] != instance:
+        # A method under a decorator that hides `self` (say, `*args, **kwargs`): the
+        # partition function finds the instance by position or by name.
+        exact = None
     if exact is None:
         parameters = arguments = "*args, **kwargs"
         pkey = "NO_PARTITION" if partition is None else "partition(args, kwargs)"
     else:
-        parameters, arguments, first = exact
-        # A method batches per instance: by identity, so unhashable instances work and equal
-        # ones stay apart; the members' frames hold `self`, so the id is stable meanwhile.
-        pkey = f"id({first})" if method and first else "NO_PARTITION"
+        parameters, arguments, _ = exact
+        pkey = "NO_PARTITION" if instance is None else f"instance_key({instance})"
     namespace["NO_PARTITION"] = NO_PARTITION
     source = _TEMPLATE.format(parameters=parameters, arguments=arguments, pkey=pkey)
     filename = f"<concresce wrapper of {getattr(fn, '__qualname__', 'a function')} at {id(fn):#x}>"
@@ -129,9 +148,14 @@ def make_wrapper(
 
 
 def _exact_signature(fn: Callable[..., Any], namespace: dict[str, Any]) -> tuple[str, str, str] | None:
-    """Return the ``def`` parameters, the call arguments and the first parameter's name."""
+    """Return the ``def`` parameters, the call arguments and the first parameter's name.
+
+    The signature is ``fn``'s own, not that of the function it wraps (``__wrapped__``): a
+    decorator built with ``functools.wraps`` may take other parameters than the function
+    it decorates, and the wrapper must accept exactly what ``fn`` accepts.
+    """
     try:
-        signature = inspect.signature(fn)
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
     parameters: list[inspect.Parameter] = []
@@ -156,7 +180,8 @@ def _exact_signature(fn: Callable[..., Any], namespace: dict[str, Any]) -> tuple
         else:
             arguments.append(name)
     rendered = str(inspect.Signature(parameters))[1:-1]
-    first = parameters[0].name if parameters else ""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    first = parameters[0].name if parameters and parameters[0].kind in positional else ""
     return rendered, ", ".join(arguments), first
 
 
@@ -170,13 +195,13 @@ def ended_by_error(call: Call) -> bool:
     state = call.state
     if state == LEADING:
         batch = call.batch
-        if isinstance(error, Exception):
-            # A fault before scatter(): every follower still waiting gets the same exception.
-            batch.fail(error, call)
-        else:
-            # Cancelled (or closed, interrupted): the followers are not at fault. The earliest
+        if departs(batch, error):
+            # The leader's task was cancelled: the followers are not at fault. The earliest
             # one still waiting leads instead and runs the bulk section again.
             batch.hand_over(call)
+        else:
+            # A fault before scatter(): every follower still waiting gets the exception.
+            batch.fail(error, call)
         return False
     if state == RESUMED:
         # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
@@ -189,6 +214,26 @@ def ended_by_error(call: Call) -> bool:
                     return True
                 raise rest
     return False
+
+
+def departs(batch: Batch, error: BaseException) -> bool:
+    """Whether a leader that raised ``error`` before scatter() leaves its batch (a handover).
+
+    It leaves when its task really has a cancellation request (``Task.cancelling()``, 3.11+),
+    or when its coroutine is being closed (``GeneratorExit``: it can never finish). Anything
+    else, a ``CancelledError`` that nobody requested included (a driver's future cancelled
+    by a closing pool), is a fault of the bulk section: it ran once, and every member gets
+    the exception. Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the
+    batch over on the first leader's run only, so the bulk section runs at most twice.
+    """
+    if isinstance(error, Exception):
+        return False
+    if isinstance(error, GeneratorExit):
+        return True
+    if sys.version_info >= (3, 11):
+        task = current_task()
+        return task is not None and task.cancelling() > 0
+    return isinstance(error, CancelledError) and batch.runs == 1  # pragma: no cover -- 3.10
 
 
 def ended_by_return(call: Call) -> None:

@@ -1,0 +1,118 @@
+"""The torture suite: randomized schedules over every option, with faults injected everywhere.
+
+Each test draws schedules from a seed (see ``tests/torture/schedules.py``), runs them
+(``tests/torture/harness.py``) and fails, after running all of them, if any schedule had a
+problem, printing each failing schedule with its seed and index (and the first one
+minimized), so that it can be replayed and turned into a deterministic test.
+
+The size of the run comes from the environment:
+
+* ``CONCRESCE_TORTURE_CALLS``: the number of calls over all the tests of this file
+  (default 6000: a few seconds, part of ``uv run pytest``). CI runs 100000 (``.ci/run``);
+  the long run is 1000000 or more::
+
+      CONCRESCE_TORTURE_CALLS=1000000 uv run pytest tests/torture -p no:randomly
+
+* ``CONCRESCE_TORTURE_SEED``: the seed (default ``concresce``; any string).
+
+The totals (calls, schedules, hangs, misroutes, leaks) are printed at the end of the
+pytest run. See docs/torture.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from tests.torture.harness import Failure, run_one, torture
+from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
+
+#: Calls over the whole file, and the seed.
+CALLS = int(os.environ.get("CONCRESCE_TORTURE_CALLS", "6000"))
+SEED = os.environ.get("CONCRESCE_TORTURE_SEED", "concresce")
+
+EAGER = sys.version_info >= (3, 12)
+UVLOOP = sys.platform != "win32"
+
+#: Each mode's share of the calls; eager tasks' share goes to the default loop before 3.12.
+SHARES = {
+    "default": 0.40 if EAGER else 0.65,
+    "eager": 0.25 if EAGER else 0.0,
+    "uvloop": 0.05,
+    "threads": 0.15,
+    "abandon": 0.15,
+}
+#: Calls per second at the least (the real clock of uvloop is the slowest), for time-outs.
+SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500}
+
+
+def calls_of(mode: str) -> int:
+    return max(1, int(CALLS * SHARES[mode]))
+
+
+def timeout_of(mode: str) -> pytest.MarkDecorator:
+    """A pytest time-out for the mode's share of the run: generous, plus the minimizer's budget."""
+    return pytest.mark.timeout(60 + calls_of(mode) // SLOWEST_RATE[mode])
+
+
+def report(failures: list[Failure], mode: str) -> None:
+    if failures:
+        shown = "\n".join(failure.describe() for failure in failures[:5])
+        more = f"\n... and {len(failures) - 5} more failing schedules" if len(failures) > 5 else ""
+        pytest.fail(
+            f"{len(failures)} {mode} schedule(s) of seed {SEED!r} failed:\n{shown}{more}",
+            pytrace=False,
+        )
+
+
+@timeout_of("default")
+def test_every_call_gets_exactly_its_outcome_on_the_default_loop():
+    """Random schedules with faults everywhere, on the default loop (virtual clock): each outcome is as expected."""
+    totals, failures = torture("default", SEED, calls_of("default"))
+    assert totals.calls >= calls_of("default")
+    report(failures, "default")
+
+
+@pytest.mark.skipif(not EAGER, reason="asyncio.eager_task_factory is new in Python 3.12")
+@timeout_of("eager")
+def test_every_call_gets_exactly_its_outcome_with_eager_tasks():
+    """The same, with asyncio.eager_task_factory: calls run their body synchronously as they start."""
+    _, failures = torture("eager", SEED, calls_of("eager"))
+    report(failures, "eager")
+
+
+@pytest.mark.skipif(not UVLOOP, reason="uvloop does not support Windows")
+@timeout_of("uvloop")
+def test_every_call_gets_exactly_its_outcome_on_uvloop():
+    """The same on uvloop, a real clock, with windows and bulk sections of a fraction of a millisecond."""
+    pytest.importorskip("uvloop")
+    _, failures = torture("uvloop", SEED, calls_of("uvloop"))
+    report(failures, "uvloop")
+
+
+@timeout_of("threads")
+def test_loops_in_several_threads_share_one_function_without_mixing():
+    """Loops in three threads at once call one batched function: no batch mixes loops, nothing is left behind."""
+    _, failures = torture("threads", SEED, calls_of("threads"))
+    report(failures, "threads")
+
+
+@timeout_of("abandon")
+def test_a_loop_closed_by_hand_with_calls_pending_leaves_nothing_behind():
+    """Schedules stopped at a random time and their loop closed by hand: nothing stays alive or in the tables."""
+    _, failures = torture("abandon", SEED, calls_of("abandon"))
+    report(failures, "abandon")
+
+
+def test_the_oracle_reports_a_misrouted_result():
+    """The checker is not vacuous: a bulk section that routes the results in reverse is reported as misroutes."""
+    schedule = Schedule(
+        options=Options(),
+        calls=tuple(CallPlan(value=value) for value in range(4)),
+        plans=(LeaderPlan(),),
+    )
+    problems, _ = run_one(schedule)
+    assert problems == []
+    problems, totals = run_one(schedule, sabotage=True)
+    assert totals.misroutes == 4, problems
