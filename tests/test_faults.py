@@ -28,6 +28,7 @@ from tests.support import (
 )
 
 from concresce import batch, collect, scatter
+from concresce._closed_loops import sweep_closed_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -528,6 +529,24 @@ def test_a_loop_closed_by_hand_with_calls_pending_keeps_nothing_alive(caplog):
     assert partitions_of(fetch) == {}
     assert batcher_of(fetch).drainers == []
     # ... and the hygiene fixture checks that no call, batch or partition is alive.
+
+
+async def test_the_sweep_of_closed_loops_leaves_running_loops_alone(clock):
+    """A full collection while a call and a drain() wait on a running loop removes nothing of theirs."""
+    echo = make_echo(bulk=1.0, max_window=NEVER)
+    task = asyncio.create_task(echo(1))
+    await wait_all_tasks_blocked()
+    echo.flush()
+    drain = asyncio.create_task(echo.drain())
+    await wait_all_tasks_blocked()
+
+    sweep_closed_loops()
+
+    assert len(partitions_of(echo)) == 1
+    assert len(batcher_of(echo).drainers) == 1
+    await drain
+    assert task.done()
+    assert await task == ("ok", 1)
 
 
 # --------------------------------------------------------------------------------------

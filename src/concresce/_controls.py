@@ -124,7 +124,7 @@ class Controls:
         batcher = self.batcher
         open_calls = open_now = in_flight_now = 0
         for part in list(batcher.partitions.values()):
-            in_flight_now += len(part.running)
+            in_flight_now += part.running
             waiting = list(part.pending or ())
             if part.open is not None and not part.open.queued:
                 waiting.append(part.open)
@@ -234,7 +234,7 @@ class Controls:
             raise RuntimeError(msg)
         self.flush()  # now every batch of this loop is queued for a slot or running
         parts = [part for part in list(batcher.partitions.values()) if part.loop is loop]
-        batches = [batch for part in parts for batch in (*part.running, *(part.pending or ()))]
+        batches = [batch for part in parts for batch in (*part.running_batches(), *(part.pending or ()))]
         while any(batch.state != DONE for batch in batches):
             fut = loop.create_future()
             batcher.drainers.append(fut)

@@ -142,11 +142,16 @@ def refuse_reentry(call: Call) -> None:
 
 def calls_of(task: Task[Any]) -> list[Call]:
     """The calls ``task`` is running, innermost first."""
-    calls: list[Call] = []
     call = CALLS.get(task)
-    while call is not None:
-        calls.append(call)
-        call = getattr(call, "outer", None)
+    return [] if call is None else calls_of_call(call)
+
+
+def calls_of_call(call: Call) -> list[Call]:
+    """``call`` and the calls its task was running when it started, innermost first."""
+    calls = [call]
+    while (outer := getattr(call, "outer", None)) is not None:
+        calls.append(outer)
+        call = outer
     return calls
 
 
@@ -344,13 +349,14 @@ class Partition:
         # Batches that are due but wait for a concurrency slot, in order (max_concurrency only:
         # made when a batch first has to wait).
         self.pending: deque[Batch] | None = None
-        # Batches dispatched and not ended: each holds a concurrency slot.
-        self.running: set[Batch] = set()
+        # Batches dispatched and not ended, each holding a concurrency slot. Which ones they
+        # are is known from their leaders (running_batches()), so only a count is kept.
+        self.running = 0
 
     def has_slot(self) -> bool:
         """Whether a due batch may be dispatched now without overtaking a queued one."""
         limit = self.batcher.max_concurrency
-        return limit is None or (len(self.running) < limit and not self.pending)
+        return limit is None or (self.running < limit and not self.pending)
 
     def enqueue(self, batch: Batch) -> None:
         """Queue a due ``batch`` for a concurrency slot: every slot is busy."""
@@ -366,7 +372,7 @@ class Partition:
         Any drain() waiting on this loop looks again: it returns once the partition is gone,
         and flushes a batch that opened while it waited.
         """
-        if self.open is None and not self.running and not self.pending:
+        if self.open is None and self.running == 0 and not self.pending:
             parts = self.batcher.partitions
             # A queued batch that ended at its dispatch (every member gone) frees its slot
             # through a nested finish(), which may have removed this partition already.
@@ -387,7 +393,7 @@ class Partition:
         """Dispatch queued batches while slots are free (max_concurrency was raised)."""
         limit = self.batcher.max_concurrency
         pending = self.pending
-        while pending and (limit is None or len(self.running) < limit):
+        while pending and (limit is None or self.running < limit):
             pending.popleft().dispatch()
 
     def wake_drainers(self) -> None:
@@ -402,19 +408,29 @@ class Partition:
 
         It would if every slot is held by a running batch whose leader's task waits, in a
         nested call, in a batch of this partition not dispatched yet (``call`` counts as
-        waiting): no slot can ever free.
+        waiting): no slot can ever free. Rare (nested calls, every slot busy), so it looks
+        through the table of current calls rather than keeping the running batches.
         """
         limit = self.batcher.max_concurrency
-        if limit is None or len(self.running) < limit:
+        if limit is None or self.running < limit:
             return False
-        for batch in self.running:
-            task = batch.leader_task
-            inner = None if task is None else CALLS.get(task)
-            if inner is not call and (
-                inner is None or inner.state != MEMBER or inner.batch.part is not self or inner.batch.state == RUNNING
-            ):
-                return False
-        return True
+        held = 0
+        for inner in list(CALLS.values()):
+            if inner is call or (inner.state == MEMBER and inner.batch.part is self and inner.batch.state != RUNNING):
+                # This task waits for this partition: the slots its outer calls hold are stuck.
+                held += sum(outer.state == LEADING and outer.batch.part is self for outer in calls_of_call(inner)[1:])
+        return held >= limit
+
+    def running_batches(self) -> list[Batch]:
+        """The batches of this partition that hold a slot, found through their leaders."""
+        return list(
+            {
+                call.batch: None
+                for inner in list(CALLS.values())
+                for call in calls_of_call(inner)
+                if call.state == LEADING and call.batch.part is self
+            }
+        )
 
 
 @final
@@ -436,7 +452,6 @@ class Batch:
         "dupes",
         "handle",
         "handovers",
-        "leader_task",
         "limit",
         "max_size",
         "max_weight",
@@ -445,7 +460,6 @@ class Batch:
         "part",
         "queued",
         "reason",
-        "runs",
         "scan",
         "state",
         "trace",
@@ -455,8 +469,6 @@ class Batch:
     # Set when the batch is dispatched (dispatched) or when its leader resumes (the others),
     # and read only after that: not in __init__, which runs once per batch.
     dispatched: float  # the loop's time at the dispatch
-    runs: int  # how many leaders resumed with its items (more than one after a handover)
-    leader_task: Task[Any] | None  # with max_concurrency: the task of the running leader
     callers: list[Call]  # the members routed by scatter()
     direct: bool  # callers is members and each member's slot is its index
 
@@ -475,7 +487,7 @@ class Batch:
         self.weight = 0.0  # with max_weight: the weight of the live members' items
         self.queued = False  # in part.pending
         self.scan = 0  # members before this index can no longer lead
-        self.count = 0  # how many items the leader received (slots)
+        self.count = 0  # how many items the leader received (slots); 0 until a leader resumes
         # Why it stopped collecting: set by due() or close(), read from dispatch() on.
         self.reason: FlushReason = "tick"
         self.opened = loop.time()
@@ -641,9 +653,7 @@ class Batch:
         self.cancel_timer()
         self.state = RUNNING
         self.counts = None
-        self.runs = 0
-        self.leader_task = None
-        part.running.add(self)
+        part.running += 1
         self.dispatched = part.loop.time()
         part.batcher.counters.calls += len(self.members)
         self.next_leader()
@@ -672,16 +682,13 @@ class Batch:
         dispatch is left out. With dedupe, equal items share one slot (first arrival wins).
         """
         part = self.part
-        if not self.runs:
-            # The first leader runs: the batch counts (one whose members all left before is
-            # dropped like a batch discarded while open).
+        if not self.count:
+            # The first leader runs: the batch counts. (One whose members all left before
+            # that never ran, like a batch discarded while open.)
             counters = part.batcher.counters
             counters.batches += 1
             counters.flushes[self.reason] += 1
             counters.wait_time.add(self.dispatched - self.opened)
-        self.runs += 1
-        if part.batcher.max_concurrency is not None:
-            self.leader_task = current_task()  # for Partition.blocked()
         members = self.members
         if (
             self.scan == 1  # the first member leads: no handover, it did not leave
@@ -801,44 +808,49 @@ class Batch:
         self.next_leader()
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        """Release the batch's slot and every reference to members, then record how it ended.
+        """Record how the batch ended, then release its slot and every reference to members.
 
-        Runs once: only a running batch ends. The bookkeeping comes first and the reporting
-        (statistics, trace, observers) cannot fail it: nothing it raises reaches a caller.
+        Runs once: only a running batch ends. A batch whose members all left before any
+        leader resumed (``count`` is still 0) never ran: it has no statistics or record.
+        Observers are called last, once the slot, the partition and ``drain()`` are settled,
+        and nothing they raise reaches a caller.
         """
         self.state = DONE
-        if self.trace is not None and outcome != "handover":
-            self.trace.end(self, outcome, error)  # the span is current in the leader until now
         part = self.part
-        calls = len(self.members)
+        batcher = part.batcher
+        record = None
+        if self.count:
+            duration = part.loop.time() - self.dispatched
+            counters = batcher.counters
+            counters.items += self.count
+            counters.batch_size.add(self.count)
+            counters.bulk_duration.add(duration)
+            if error is not None:
+                counters.leader_failures += 1
+            if self.trace is not None and outcome != "handover":
+                self.trace.end(self, outcome, error)  # in the leader: its span was current until now
+            if batcher.observer is not None or OBSERVERS:
+                record = self.record(outcome, error, duration)
         self.members = []
         self.callers = []
         # Free the slot: queued batches go in order while slots are free.
-        part.running.discard(self)
+        part.running -= 1
         if part.pending:
             part.release()
         part.batch_ended()
-        if not self.runs:
-            return  # no leader ever resumed: every member left; nothing ran
-        batcher = part.batcher
-        duration = part.loop.time() - self.dispatched
-        counters = batcher.counters
-        counters.items += self.count
-        counters.batch_size.add(self.count)
-        counters.bulk_duration.add(duration)
-        if error is not None:
-            counters.leader_failures += 1
-        if batcher.observer is not None or OBSERVERS:
-            self.report(outcome, error, duration, calls)
+        if record is not None:
+            observers = list(OBSERVERS)
+            if batcher.observer is not None:
+                observers.insert(0, batcher.observer)
+            notify(observers, record)
 
-    def report(self, outcome: Outcome, error: BaseException | None, duration: float, calls: int) -> None:
-        """Pass the batch's record to its function's observer and the global observers."""
+    def record(self, outcome: Outcome, error: BaseException | None, duration: float) -> BatchRecord:
+        """The batch's record for observers (never raises)."""
         part = self.part
-        batcher = part.batcher
-        record = BatchRecord(
-            function=batcher.name,
+        return BatchRecord(
+            function=part.batcher.name,
             partition=partition_label(part),
-            calls=calls,
+            calls=len(self.members),
             size=self.count,
             reason=self.reason,
             waited=self.dispatched - self.opened,
@@ -847,10 +859,6 @@ class Batch:
             error=None if error is None else type(error),
             handovers=self.handovers,
         )
-        observers = list(OBSERVERS)
-        if batcher.observer is not None:
-            observers.insert(0, batcher.observer)
-        notify(observers, record)
 
 
 def partition_label(part: Partition) -> str | None:
@@ -890,7 +898,7 @@ def follower_copy(error: BaseException, origin: str) -> BaseException:
     copy = _bare_copy(error, depth=8)
     if copy is error:
         return error
-    if sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11):  # pragma: no branch -- 3.10 has no notes
         notes = getattr(error, "__notes__", None)
         copy.__notes__ = [*notes, origin] if isinstance(notes, list) else [origin]
     return copy

@@ -66,9 +66,14 @@ async def wrapper({parameters}):
         if call.state != SCATTERED:  # the leader that routed its batch: nothing to check
             ended_by_return(call)
     finally:
-        # pop(), not del: after its loop was closed by hand, the entry may be gone already
-        # (_closed_loops.py) and must not come back.
-        if forget(task, None) is call and outer is not None:
+        # After its loop was closed by hand, the entry may be gone already (_closed_loops.py)
+        # and must not come back.
+        if outer is None:
+            try:
+                del CALLS[task]
+            except KeyError:
+                pass
+        elif CALLS.get(task) is call:
             CALLS[task] = outer
         # This frame may live on in a traceback that the task itself holds: no cycle.
         del task, outer
@@ -77,9 +82,9 @@ async def wrapper({parameters}):
 
 # Names the template binds or reads: a parameter of the same name would shadow them.
 _RESERVED: Final = frozenset({
-    "BaseException", "CALLS", "Call", "IDLE", "NESTED", "NO_PARTITION", "Resume", "RuntimeError", "SCATTERED",
-    "args", "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn", "forget", "instance_key",
-    "kwargs", "outer", "partition", "result", "task", "wrapper",
+    "BaseException", "CALLS", "Call", "IDLE", "KeyError", "NESTED", "NO_PARTITION", "Resume", "RuntimeError",
+    "SCATTERED", "args", "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn",
+    "instance_key", "kwargs", "outer", "partition", "result", "task", "wrapper",
 })  # fmt: skip
 
 
@@ -118,7 +123,6 @@ def make_wrapper(
         "Call": Call,
         "IDLE": IDLE,
         "NESTED": NESTED,
-        "forget": CALLS.pop,
         "Resume": Resume,
         "current_task": current_task,
         "ended_by_error": ended_by_error,
@@ -224,7 +228,8 @@ def departs(batch: Batch, error: BaseException) -> bool:
     else, a ``CancelledError`` that nobody requested included (a driver's future cancelled
     by a closing pool), is a fault of the bulk section: it ran once, and every member gets
     the exception. Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the
-    batch over on the first leader's run only, so the bulk section runs at most twice.
+    batch over only if no leader of the batch did so before, so the bulk section runs at
+    most twice.
     """
     if isinstance(error, Exception):
         return False
@@ -233,7 +238,7 @@ def departs(batch: Batch, error: BaseException) -> bool:
     if sys.version_info >= (3, 11):
         task = current_task()
         return task is not None and task.cancelling() > 0
-    return isinstance(error, CancelledError) and batch.runs == 1  # pragma: no cover -- 3.10
+    return isinstance(error, CancelledError) and not batch.handovers  # pragma: no cover -- 3.10
 
 
 def ended_by_return(call: Call) -> None:
