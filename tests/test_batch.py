@@ -788,7 +788,7 @@ async def test_handed_over_batch_keeps_its_slot_until_it_ends(clock):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12")
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
 def test_eager_tasks_one_gather_makes_one_tick_batch():
     """Under ``eager_task_factory`` every call created by one gather() joins the same tick batch."""
     batches = Recorder()
