@@ -280,7 +280,16 @@ async def measure_all(plan: Plan, servers: list[Server], items: int) -> list[dic
 def versions() -> dict[str, str]:
     """Versions of the packages on the measured path."""
     found = {}
-    for package in ("concresce", "fastapi", "starlette", "uvicorn", "h11", "httptools", "asyncpg", "aiodataloader"):
+    for package in (
+        "concresce-inline",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "h11",
+        "httptools",
+        "asyncpg",
+        "aiodataloader",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
     return found
