@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+from datetime import timedelta
 
 import pytest
 from tests.support import Recorder, run_virtual, settle, wait_all_tasks_blocked
@@ -253,6 +254,74 @@ async def test_valid_edge_option_is_accepted(options, clock):
     assert inspect.iscoroutinefunction(echo)
     assert await echo("ab") == ("ok", "ab")
     assert batches == [["ab"]]
+
+
+async def test_max_window_may_be_a_timedelta(clock):
+    """``max_window=timedelta(...)`` (how other releases spell a window) is that many seconds."""
+    batches = Recorder()
+    echo = echo_batch(batches, max_window=timedelta(milliseconds=250), max_size=None)
+
+    start = clock.now()
+    assert await asyncio.gather(echo(1), echo(2)) == [("ok", 1), ("ok", 2)]
+    assert clock.now() - start == pytest.approx(0.25)
+    assert batches == [[1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("window", "error"),
+    [(timedelta(seconds=-1), ValueError), (timedelta.max, None)],
+    ids=["negative", "max"],
+)
+def test_timedelta_windows_are_checked_like_numbers(window, error):
+    """A negative timedelta is refused like a negative number; a huge one is a finite number of seconds."""
+    if error is None:
+        assert batch(max_window=window) is not None
+        return
+    with pytest.raises(error, match=r"max_window must be >= 0 and finite"):
+        batch(max_window=window)
+
+
+@pytest.mark.parametrize(
+    ("call", "fix"),
+    [
+        (lambda: batch(0.05, 100), "@batch(max_window=0.05, max_size=100)"),
+        (lambda: batch(0.002, 7), "@batch(max_window=0.002, max_size=7)"),
+        (lambda: batch(100), "@batch(max_window=100) for a window of 100 seconds, or @batch(max_size=100)"),
+        (
+            lambda: batch(window=timedelta(milliseconds=5)),
+            "it is called max_window= here: @batch(max_window=datetime.timedelta(microseconds=5000))",
+        ),
+        (lambda: batch(window=0.01, max_size=3), "@batch(max_window=0.01)"),
+        (lambda: batch(batch_size=50), "it is called max_size= here: @batch(max_size=50)"),
+        (lambda: batch(max_windw=1), "did you mean max_window=?"),
+        (lambda: batch(colour=1), "its options are: max_window, max_size, group_by"),
+        (lambda: batch(0.05, 100, len), "got 3 positional arguments"),
+    ],
+    ids=[
+        "0.1.0",
+        "0.1.0-other-values",
+        "lone-number",
+        "window",
+        "window-and-more",
+        "batch_size",
+        "typo",
+        "unknown",
+        "3-positional",
+    ],
+)
+def test_spellings_of_other_releases_fail_with_the_exact_fix(call, fix):
+    """0.1.0's positional options, 1.x-5.x's ``window=`` and other unknown options are a TypeError showing the fix."""
+    with pytest.raises(TypeError) as info:
+        call()
+
+    assert type(info.value) is TypeError
+    assert fix in str(info.value)
+
+
+def test_window_keyword_also_says_that_the_leader_must_scatter():
+    """The ``window=`` error tells a 1.x-5.x user the other change too: ``return scatter(results)``."""
+    with pytest.raises(TypeError, match=r"`return scatter\(results\)`, not `return results`"):
+        batch(window=timedelta(milliseconds=5))
 
 
 async def test_default_max_size_is_100(clock):
