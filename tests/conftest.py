@@ -130,7 +130,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         parts.append(
             f"{n_integration} integration tests need PostgreSQL and Redis ({why}); to run them: {RUN_THE_SERVERS}"
         )
-    parts.extend(f"{count} tests: {reason}" for reason, count in sorted(others.items()))
+    parts.extend(f"{count} test{'s' * (count != 1)}: {reason}" for reason, count in sorted(others.items()))
     if parts:
         terminalreporter.write_line("skipped: " + " | ".join(parts))
     n_clock = terminalreporter.config.stash.get(_clock_deselected, 0)

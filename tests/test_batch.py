@@ -8,6 +8,7 @@ each event. Tests that request ``clock`` run on the virtual-clock backends only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import sys
 from datetime import timedelta
@@ -254,6 +255,22 @@ async def test_valid_edge_option_is_accepted(options, clock):
     assert inspect.iscoroutinefunction(echo)
     assert await echo("ab") == ("ok", "ab")
     assert batches == [["ab"]]
+
+
+async def test_a_partial_is_named_after_its_function():
+    """``@batch`` over a ``functools.partial`` is named ``partial(<function>)``, in messages too, not "wrapper"."""
+
+    async def fetch(x, *, tenant):
+        await collect(x)
+        return [tenant]  # no scatter(): the message names the function
+
+    fetch_a = batch(functools.partial(fetch, tenant="a"))
+
+    assert (
+        fetch_a.__name__ == fetch_a.__qualname__ == "partial(test_a_partial_is_named_after_its_function.<locals>.fetch)"
+    )
+    with pytest.raises(RuntimeError, match=r"^partial\(test_a_partial_is_named_after_its_function.<locals>.fetch\): "):
+        await fetch_a(1)
 
 
 async def test_max_window_may_be_a_timedelta(clock):

@@ -152,7 +152,7 @@ def _decorate(
     observer: Callable[[BatchRecord], object] | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     _check_function(fn)
-    name: str = getattr(fn, "__qualname__", None) or repr(fn)
+    name = _name_of(fn)
     method = _is_method(fn)
     batcher = Batcher(
         name,
@@ -168,6 +168,8 @@ def _decorate(
     )
     partition = _partitioner(name, method, group_by)
     wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, method=method))
+    if not hasattr(fn, "__qualname__"):  # a functools.partial: name it after its function
+        wrapper.__name__ = wrapper.__qualname__ = name
     controls = Controls(batcher)
     wrapper.stats = controls.stats
     wrapper.configure = controls.configure
@@ -225,6 +227,13 @@ def _is_method(fn: Callable[..., Any]) -> bool:
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         }
     )
+
+
+def _name_of(fn: object) -> str:
+    """The name a decorated function goes by, in messages and statistics."""
+    if isinstance(fn, functools.partial):  # it has no name of its own
+        return f"partial({_name_of(fn.func)})"
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _check_function(fn: object) -> None:
