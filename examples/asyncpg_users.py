@@ -12,7 +12,7 @@
 
 Run it against a PostgreSQL server; it works in a schema of its own, dropped at the end::
 
-    CONCRESCE_TEST_POSTGRES_DSN=postgresql://postgres@127.0.0.1:5432/postgres \\
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
         uv run python examples/asyncpg_users.py
 """
 
@@ -245,7 +245,7 @@ async def main(dsn: str) -> Outcome:
 
 
 if __name__ == "__main__":
-    database = os.environ.get("CONCRESCE_TEST_POSTGRES_DSN")
+    database = os.environ.get("DATABASE_URL")
     if not database:
-        sys.exit("set CONCRESCE_TEST_POSTGRES_DSN to a PostgreSQL DSN (see the README's 'Integration tests')")
+        sys.exit("set DATABASE_URL to a PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
     asyncio.run(main(database))

@@ -7,7 +7,7 @@
 Run it against a Redis server (it only touches keys under a prefix of its own, and
 deletes them at the end)::
 
-    CONCRESCE_TEST_REDIS_URL=redis://127.0.0.1:6379/0 uv run python examples/redis_cache.py
+    REDIS_URL=redis://127.0.0.1:6379/0 uv run python examples/redis_cache.py
 """
 
 import asyncio
@@ -94,7 +94,7 @@ async def main(url: str) -> Outcome:
 
 
 if __name__ == "__main__":
-    server = os.environ.get("CONCRESCE_TEST_REDIS_URL")
+    server = os.environ.get("REDIS_URL")
     if not server:
-        sys.exit("set CONCRESCE_TEST_REDIS_URL to a Redis URL (see the README's 'Integration tests')")
+        sys.exit("set REDIS_URL to a Redis URL, e.g. redis://127.0.0.1:6379/0")
     asyncio.run(main(server))

@@ -225,7 +225,7 @@ async def _install(dsn: str) -> None:
 
 def main() -> None:
     """Fill the demo tables if needed, then serve the app on http://127.0.0.1:8000/graphql."""
-    dsn = os.environ.get("DATABASE_URL") or os.environ.get("CONCRESCE_TEST_POSTGRES_DSN")
+    dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         sys.exit("set DATABASE_URL to a PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
     asyncio.run(_install(dsn))

@@ -156,7 +156,7 @@ async def run(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    dsn = os.environ.get("DATABASE_URL") or os.environ.get("CONCRESCE_TEST_POSTGRES_DSN")
+    dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         sys.exit("set DATABASE_URL to a PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
     asyncio.run(run(dsn))

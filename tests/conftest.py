@@ -61,6 +61,15 @@ if sys.platform != "win32":  # uvloop is a test dependency everywhere else
 VIRTUAL_CLOCK_BACKENDS: Final = frozenset({"asyncio", "asyncio+eager"})
 
 _call_passed = pytest.StashKey[bool]()
+_clock_deselected = pytest.StashKey[int]()
+
+#: The folder whose tests need real servers, relative to the rootdir.
+INTEGRATION_PREFIX: Final = "tests/integration/"
+#: How to run them, for the summary line of a run that skipped them.
+RUN_THE_SERVERS: Final = (
+    'd="$(mktemp -d)"; eval "$(.ci/servers start "$d")"; uv run pytest; .ci/servers stop "$d" '
+    "(README: 'Integration tests')"
+)
 _engine_baseline = pytest.StashKey[frozenset[int]]()
 
 
@@ -91,9 +100,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             deselected.append(item)
         else:
             selected.append(item)
+    config.stash[_clock_deselected] = len(deselected)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say in one line what was skipped and why, and what the deselected tests are.
+
+    Replaces pytest's ``-rs`` list (``addopts`` asks for ``-rfExX``), whose line per skipped
+    test hides the one fact that matters on a new clone: the integration tests need servers.
+    """
+    parts: list[str] = []
+    integration: set[str] = set()
+    n_integration = 0
+    others: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if hasattr(report, "wasxfail"):
+            continue
+        reason = _skip_reason(report)
+        if report.nodeid.startswith(INTEGRATION_PREFIX):
+            n_integration += 1
+            integration.add(reason.partition(":")[0])
+        else:
+            others[reason] = others.get(reason, 0) + 1
+    if n_integration:
+        why = "; ".join(sorted(integration))
+        parts.append(
+            f"{n_integration} integration tests need PostgreSQL and Redis ({why}); to run them: {RUN_THE_SERVERS}"
+        )
+    parts.extend(f"{count} test{'s' * (count != 1)}: {reason}" for reason, count in sorted(others.items()))
+    if parts:
+        terminalreporter.write_line("skipped: " + " | ".join(parts))
+    n_clock = terminalreporter.config.stash.get(_clock_deselected, 0)
+    if n_clock:
+        terminalreporter.write_line(
+            f"deselected: {n_clock} uvloop variants of virtual-clock tests (uvloop's clock cannot be replaced)"
+        )
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -31,6 +31,7 @@ import importlib.util
 import inspect
 import itertools
 import math
+import os
 import selectors
 import sys
 import threading
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EAGER_TASKS_AVAILABLE",
+    "SLOW_TESTS_VAR",
     "Recorder",
     "VirtualClock",
     "VirtualClockEventLoop",
@@ -61,9 +63,11 @@ __all__ = [
     "new_virtual_loop",
     "partitions_of",
     "pending_tasks",
+    "property_examples",
     "record_exception_handler_calls",
     "run_virtual",
     "settle",
+    "slow_tests",
     "wait_all_tasks_blocked",
 ]
 
@@ -71,6 +75,25 @@ T = TypeVar("T")
 
 #: ``asyncio.eager_task_factory`` exists (Python 3.12+).
 EAGER_TASKS_AVAILABLE: Final = sys.version_info >= (3, 12)
+
+#: Set to a true value (``CONCRESCE_SLOW_TESTS=1``, as ``.ci/run`` does) to run the property
+#: tests with their full numbers of examples; by default they run a tenth, so that
+#: ``uv run pytest`` stays fast on a new clone.
+SLOW_TESTS_VAR: Final = "CONCRESCE_SLOW_TESTS"
+
+
+def slow_tests() -> bool:
+    """Whether ``CONCRESCE_SLOW_TESTS`` asks for the full property runs."""
+    return os.environ.get(SLOW_TESTS_VAR, "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+def property_examples(full: int) -> int:
+    """Hypothesis' ``max_examples`` for a property whose full run is ``full`` examples.
+
+    ``full`` with ``CONCRESCE_SLOW_TESTS`` set, a tenth of it (at least 10) otherwise.
+    """
+    return full if slow_tests() else max(10, full // 10)
+
 
 #: Where the engine keeps its internal per-call, per-batch and per-partition classes,
 #: named ``_Call``, ``_Batch``, ``_Partition`` (or without the underscore: the module is

@@ -8,8 +8,10 @@ each event. Tests that request ``clock`` run on the virtual-clock backends only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import sys
+from datetime import timedelta
 
 import pytest
 from tests.support import Recorder, run_virtual, settle, wait_all_tasks_blocked
@@ -253,6 +255,90 @@ async def test_valid_edge_option_is_accepted(options, clock):
     assert inspect.iscoroutinefunction(echo)
     assert await echo("ab") == ("ok", "ab")
     assert batches == [["ab"]]
+
+
+async def test_a_partial_is_named_after_its_function():
+    """``@batch`` over a ``functools.partial`` is named ``partial(<function>)``, in messages too, not "wrapper"."""
+
+    async def fetch(x, *, tenant):
+        await collect(x)
+        return [tenant]  # no scatter(): the message names the function
+
+    fetch_a = batch(functools.partial(fetch, tenant="a"))
+
+    assert (
+        fetch_a.__name__ == fetch_a.__qualname__ == "partial(test_a_partial_is_named_after_its_function.<locals>.fetch)"
+    )
+    with pytest.raises(RuntimeError, match=r"^partial\(test_a_partial_is_named_after_its_function.<locals>.fetch\): "):
+        await fetch_a(1)
+
+
+async def test_max_window_may_be_a_timedelta(clock):
+    """``max_window=timedelta(...)`` (how other releases spell a window) is that many seconds."""
+    batches = Recorder()
+    echo = echo_batch(batches, max_window=timedelta(milliseconds=250), max_size=None)
+
+    start = clock.now()
+    assert await asyncio.gather(echo(1), echo(2)) == [("ok", 1), ("ok", 2)]
+    assert clock.now() - start == pytest.approx(0.25)
+    assert batches == [[1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("window", "error"),
+    [(timedelta(seconds=-1), ValueError), (timedelta.max, None)],
+    ids=["negative", "max"],
+)
+def test_timedelta_windows_are_checked_like_numbers(window, error):
+    """A negative timedelta is refused like a negative number; a huge one is a finite number of seconds."""
+    if error is None:
+        assert batch(max_window=window) is not None
+        return
+    with pytest.raises(error, match=r"max_window must be >= 0 and finite"):
+        batch(max_window=window)
+
+
+@pytest.mark.parametrize(
+    ("call", "fix"),
+    [
+        (lambda: batch(0.05, 100), "@batch(max_window=0.05, max_size=100)"),
+        (lambda: batch(0.002, 7), "@batch(max_window=0.002, max_size=7)"),
+        (lambda: batch(100), "@batch(max_window=100) for a window of 100 seconds, or @batch(max_size=100)"),
+        (
+            lambda: batch(window=timedelta(milliseconds=5)),
+            "it is called max_window= here: @batch(max_window=datetime.timedelta(microseconds=5000))",
+        ),
+        (lambda: batch(window=0.01, max_size=3), "@batch(max_window=0.01)"),
+        (lambda: batch(batch_size=50), "it is called max_size= here: @batch(max_size=50)"),
+        (lambda: batch(max_windw=1), "did you mean max_window=?"),
+        (lambda: batch(colour=1), "its options are: max_window, max_size, group_by"),
+        (lambda: batch(0.05, 100, len), "got 3 positional arguments"),
+    ],
+    ids=[
+        "0.1.0",
+        "0.1.0-other-values",
+        "lone-number",
+        "window",
+        "window-and-more",
+        "batch_size",
+        "typo",
+        "unknown",
+        "3-positional",
+    ],
+)
+def test_spellings_of_other_releases_fail_with_the_exact_fix(call, fix):
+    """0.1.0's positional options, 1.x-5.x's ``window=`` and other unknown options are a TypeError showing the fix."""
+    with pytest.raises(TypeError) as info:
+        call()
+
+    assert type(info.value) is TypeError
+    assert fix in str(info.value)
+
+
+def test_window_keyword_also_says_that_the_leader_must_scatter():
+    """The ``window=`` error tells a 1.x-5.x user the other change too: ``return scatter(results)``."""
+    with pytest.raises(TypeError, match=r"`return scatter\(results\)`, not `return results`"):
+        batch(window=timedelta(milliseconds=5))
 
 
 async def test_default_max_size_is_100(clock):
@@ -788,7 +874,7 @@ async def test_handed_over_batch_keeps_its_slot_until_it_ends(clock):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12")
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
 def test_eager_tasks_one_gather_makes_one_tick_batch():
     """Under ``eager_task_factory`` every call created by one gather() joins the same tick batch."""
     batches = Recorder()

@@ -282,6 +282,22 @@ async def test_leader_returning_without_scatter_fails_every_member():
     assert "return scatter(results)" in message
 
 
+async def test_leader_returning_its_list_of_results_is_told_to_scatter_it():
+    """A leader that returns the bulk results as a list (concresce 1.x-5.x style) is told the exact fix."""
+
+    @batch
+    async def work(x):
+        items = await collect(x)
+        return [item * 10 for item in items]  # 1.x-5.x routed a returned list by position
+
+    outs = await outcomes(*(work(x) for x in range(3)))
+
+    message = str(outs[0][1])
+    assert "`return scatter(results)`" in message
+    assert "returning the list of results itself" in message
+    assert "1.x-5.x" in message
+
+
 async def test_leader_ending_with_base_exception_without_a_cancellation_fails_every_member():
     """A non-Exception BaseException the bulk code raises, with no cancellation request, is a fault: it ran once."""
     record = Recorder()
@@ -369,10 +385,60 @@ async def test_scatter_before_collect_raises():
     [(kind, error)] = outs
     assert kind == "raised"
     assert type(error) is RuntimeError
-    assert str(error) == (
-        f"{work.__qualname__}: scatter() was called before collect(); "
-        "await collect(item) first, then scatter() the bulk results"
-    )
+    assert str(error).startswith(f"{work.__qualname__}: scatter() was called before this call awaited collect()")
+    assert "`items = await collect(item)`" in str(error)
+
+
+async def test_scatter_after_a_collect_that_was_not_awaited_asks_whether_await_is_missing():
+    """A forgotten ``await`` before collect() surfaces in scatter() as a question about the missing await."""
+
+    @batch
+    async def work(x):
+        items = collect(x)  # the bug: no await
+        items.close()  # (the test closes the coroutine, so it does not warn when collected)
+        return scatter([x])
+
+    outs = await outcomes(work(1))
+
+    [(kind, error)] = outs
+    assert kind == "raised"
+    assert type(error) is RuntimeError
+    assert "is `await` missing before collect(item)?" in str(error)
+
+
+async def test_collect_in_a_task_of_its_own_says_to_put_the_timeout_around_the_call():
+    """collect() run as a task (what wait_for does on 3.10/3.11) says so and where the time-out goes, not "outside"."""
+
+    @batch
+    async def work(x):
+        items = await asyncio.create_task(collect(x))
+        return scatter(items)
+
+    outs = await outcomes(work(1))
+
+    [(kind, error)] = outs
+    assert kind == "raised"
+    assert type(error) is RuntimeError
+    message = str(error)
+    assert message.startswith("collect() was awaited in a task of its own, not in the task that made the @batch call")
+    assert "asyncio.wait_for(collect(item), timeout) does that on Python 3.10 and 3.11" in message
+    assert "asyncio.wait_for(fn(item), timeout)" in message
+    assert "outside a call" not in message
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="wait_for runs the awaitable in the caller's task on 3.12+")
+async def test_wait_for_around_collect_on_python_3_10_and_3_11_says_what_happened():
+    """On Python 3.10 and 3.11, asyncio.wait_for(collect(x), t) gets the task-of-its-own message."""
+
+    @batch
+    async def work(x):
+        items = await asyncio.wait_for(collect(x), 1)
+        return scatter(items)
+
+    outs = await outcomes(work(1))
+
+    [(_, error)] = outs
+    assert str(error).startswith("collect() was awaited in a task of its own")
 
 
 async def test_scatter_twice_raises_in_the_leader_only():

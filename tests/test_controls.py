@@ -12,6 +12,7 @@ import inspect
 import math
 import pickle
 import threading
+from datetime import timedelta
 
 import pytest
 from tests.support import Recorder, batcher_of, call_open_on_another_loop, make_echo, wait_all_tasks_blocked
@@ -83,6 +84,18 @@ async def test_configure_max_window_applies_from_the_next_batch(clock):
     assert clock.now() - start == pytest.approx(0.25)
     assert record == [[1], [2], [3, 4]]
     assert echo.stats().flushes == {"size": 0, "window": 1, "tick": 1, "weight": 0, "flush": 1}
+
+
+async def test_configure_accepts_a_timedelta_window(clock):
+    """``configure(max_window=timedelta(...))`` sets that many seconds, like the decorator."""
+    record = Recorder()
+    echo = make_echo(record)
+
+    echo.configure(max_window=timedelta(milliseconds=125))
+    start = clock.now()
+    assert await echo(1) == ("ok", 1)
+    assert clock.now() - start == pytest.approx(0.125)
+    assert batcher_of(echo).max_window == 0.125
 
 
 async def test_lowering_max_concurrency_lets_running_batches_finish_and_queues_the_next():
@@ -167,7 +180,11 @@ def test_raising_max_concurrency_from_another_loop_releases_each_loop_on_itself(
 CONFIGURE_ERRORS = [
     ({"max_window": -1}, ValueError, "max_window must be >= 0 and finite, got -1"),
     ({"max_window": math.inf}, ValueError, "max_window must be >= 0 and finite, got inf"),
-    ({"max_window": "1"}, TypeError, "max_window must be a number of seconds (>= 0 and finite), got '1'"),
+    (
+        {"max_window": "1"},
+        TypeError,
+        "max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), got '1'",
+    ),
     ({"max_window": None}, TypeError, "max_window must be a number"),
     ({"max_size": 0}, ValueError, "max_size must be >= 1 or None, got 0"),
     ({"max_size": 2.5}, TypeError, "max_size must be an int >= 1 or None, got 2.5"),

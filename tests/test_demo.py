@@ -16,14 +16,20 @@ from concresce._demo import main
 
 def _table(out: str) -> dict[str, tuple[int, str]]:
     """Map each strategy of the demo's table to its query count and check column."""
+    return {strategy: (queries, check) for strategy, (_batches, queries, check) in _full_table(out).items()}
+
+
+def _full_table(out: str) -> dict[str, tuple[str, int, str]]:
+    """Map each strategy of the demo's table to its batches, queries and check columns."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("strategy"))
-    table: dict[str, tuple[int, str]] = {}
+    assert re.split(r"\s{2,}", lines[start]) == ["strategy", "batches", "queries", "wall time", "speed-up", "check"]
+    table: dict[str, tuple[str, int, str]] = {}
     for line in lines[start + 1 :]:
         if not line:
             break
-        strategy, queries, _wall_time, _speed_up, check = re.split(r"\s{2,}", line, maxsplit=4)
-        table[strategy] = (int(queries), check)
+        strategy, batches, queries, _wall_time, _speed_up, check = re.split(r"\s{2,}", line, maxsplit=5)
+        table[strategy] = (batches, int(queries), check)
     return table
 
 
@@ -57,10 +63,32 @@ def test_demo_max_size_bounds_each_batch(capsys: pytest.CaptureFixture[str]) -> 
 def test_demo_splits_batches_larger_than_sqlite_parameter_limit(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A batch of 600 ids is sent as two `IN (...)` queries of at most 500 parameters."""
+    """A batch of 600 ids is one batch, sent as two `IN (...)` queries of at most 500 parameters; the header says so."""
     assert main(["demo", "--n", "600", "--max-size", "600"]) == 0
-    table = _table(capsys.readouterr().out)
-    assert table["@batch(max_window=0, max_size=600)"] == (2, "ok")
+    out = capsys.readouterr().out
+    assert _full_table(out)["@batch(max_window=0, max_size=600)"] == ("1", 2, "ok")
+    assert "one `WHERE id IN (...)` query per batch of at most 600 ids (a batch of more than 500 ids" in out
+
+
+def test_demo_header_states_the_batch_size_and_counts_batches_apart_from_queries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The header gives the real batch size (not SQLite's parameter limit); batches and queries are two columns."""
+    assert main(["demo", "--n", "250"]) == 0
+    out = capsys.readouterr().out
+    assert "one `WHERE id IN (...)` query per batch of at most 100 ids." in out
+    assert "500 ids" not in out
+    table = _full_table(out)
+    assert table["one query per call"] == ("-", 250, "ok")
+    assert table["@batch(max_window=0, max_size=100)"] == ("3", 3, "ok")
+
+
+def test_demo_with_one_task_says_task_not_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--n 1`` reads "1 task" and suggests a larger N, rather than "1 concurrent tasks"."""
+    assert main(["demo", "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("concresce demo: 1 task looking up one user by id (nothing to batch it with")
+    assert "concurrent tasks" not in out
 
 
 def test_demo_exits_1_when_a_caller_gets_a_wrong_row(
@@ -134,6 +162,7 @@ def test_postgres_without_asyncpg_says_how_to_install_it(capsys, monkeypatch):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "--postgres needs the asyncpg driver, which is not installed: pip install asyncpg" in captured.err
+    assert captured.err.startswith("usage: python -m concresce demo ")  # the demo's usage, not the top level's
     assert captured.out == ""
 
 

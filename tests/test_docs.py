@@ -270,3 +270,40 @@ def test_the_parser_finds_blocks_outputs_markers_and_includes() -> None:
     assert python[1].not_executed_reason == "shows a fragment"
     assert python[2].is_include
     assert [block.lang for block in blocks] == ["python", "python", "python", "markdown", "console"]
+
+
+@pytest.mark.parametrize(
+    ("page", "install", "first_use"),
+    [
+        ("operating.md", "pip install prometheus-client", "from prometheus_client import"),
+        ("operating.md", "pip install 'concresce-inline[otel]' opentelemetry-sdk", "from opentelemetry.sdk"),
+        ("scaling.md", "uv run --group ray python examples/ray_serve_app.py", "uv run --group ray pytest"),
+    ],
+)
+def test_a_page_says_what_to_install_before_its_example_needs_it(page: str, install: str, first_use: str) -> None:
+    """A reader who runs a page's example has been told, above it, what to install (what concresce does not bring)."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    assert install in text
+    assert first_use not in text or text.index(install) < text.index(first_use)
+
+
+@pytest.mark.parametrize("page", ["index.md", "../README.md"])
+def test_the_install_section_does_not_send_readers_to_the_other_concresce(page: str) -> None:
+    """``pip install concresce`` installs another project: the install section names concresce-inline and says so."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    section = text[text.index("## Install") :]
+    section = section[: section.index("\n## ", 3)]
+    assert "pip install concresce\n" not in section
+    assert "**another project**" in section
+    assert "`concresce-inline`" in section
+    assert "python3 -m pip install uv" in section  # how to get uv
+
+
+@pytest.mark.parametrize("page", ["index.md", "../README.md"])
+def test_a_section_says_when_not_to_use_concresce(page: str) -> None:
+    """Readers learn the three cases concresce is wrong for before they adopt it."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    section = text[text.index("## When not to use it") :]
+    section = section[: section.index("\n## ", 3)]
+    for case in ("never concurrent", "exactly once", "caller's context"):
+        assert case in section

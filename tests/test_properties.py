@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from tests.strategies import batch_options, schedules
-from tests.support import copy_of, live_engine_objects, partitions_of, run_virtual
+from tests.support import copy_of, live_engine_objects, partitions_of, property_examples, run_virtual
 
 from concresce import MissingResultError, batch, collect, scatter
 
@@ -50,7 +50,9 @@ EAGER = pytest.param(
 LOOPS = pytest.mark.parametrize("eager", [pytest.param(False, id="lazy"), EAGER])
 
 #: On Python 3.12+ each property also runs with eager tasks: the examples are split between
-#: the two loops, so that the file keeps its running time (and its 3000+ examples) everywhere.
+#: the two loops, so that the file keeps its running time (and its 3000+ examples with
+#: ``CONCRESCE_SLOW_TESTS=1``; a tenth by default, see ``tests.support.property_examples``)
+#: everywhere.
 SPLIT = 2 if sys.version_info >= (3, 12) else 1
 
 #: Shrinking a failure can take minutes (Hypothesis gives up after five), far beyond the
@@ -625,7 +627,7 @@ def heap():
 
 @SHRINK_TIMEOUT
 @LOOPS
-@settings(max_examples=1100 // SPLIT, **PROPERTY_SETTINGS)
+@settings(max_examples=property_examples(1100 // SPLIT), **PROPERTY_SETTINGS)
 @given(schedule=schedules())
 def test_every_call_ends_once_with_an_outcome_it_may_have(heap, eager, schedule):
     """Under any schedule of arrivals, cancellations and faults, each call ends once, with an outcome it may have."""
@@ -634,7 +636,7 @@ def test_every_call_ends_once_with_an_outcome_it_may_have(heap, eager, schedule)
 
 @SHRINK_TIMEOUT
 @LOOPS
-@settings(max_examples=900 // SPLIT, **PROPERTY_SETTINGS)
+@settings(max_examples=property_examples(900 // SPLIT), **PROPERTY_SETTINGS)
 @given(schedule=schedules(cancellations=False, faults=False, max_calls=16))
 def test_without_faults_every_call_gets_its_own_result(heap, eager, schedule):
     """Without cancellations or faults every call gets its own result, in batches that respect size and window."""
@@ -645,7 +647,7 @@ def test_without_faults_every_call_gets_its_own_result(heap, eager, schedule):
 
 @SHRINK_TIMEOUT
 @LOOPS
-@settings(max_examples=800 // SPLIT, **PROPERTY_SETTINGS)
+@settings(max_examples=property_examples(800 // SPLIT), **PROPERTY_SETTINGS)
 @given(
     schedule=schedules(
         options=batch_options(max_concurrencies=(1, 2), max_sizes=(None, 2, 3, 100)),
@@ -659,7 +661,7 @@ def test_max_concurrency_bounds_the_batches_running_at_once(heap, eager, schedul
 
 
 @SHRINK_TIMEOUT
-@settings(max_examples=250, **PROPERTY_SETTINGS)
+@settings(max_examples=property_examples(250), **PROPERTY_SETTINGS)
 @given(schedule=schedules(cancellations=False, faults=False, min_calls=2))
 def test_properties_detect_a_misrouted_result(heap, schedule):
     """The checker is not vacuous: swapping the results of two calls in a run's record is reported."""

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.strategies import ARRIVAL_STEPS
-from tests.support import live_engine_objects, partitions_of, run_virtual
+from tests.support import live_engine_objects, partitions_of, property_examples, run_virtual
 
 from concresce import OverloadedError, batch, collect, scatter
 from concresce._state import MEMBER
@@ -363,7 +363,7 @@ def heap():
 
 
 @LOOPS
-@settings(SETTINGS, max_examples=400 // SPLIT)
+@settings(SETTINGS, max_examples=property_examples(400 // SPLIT))
 @given(run=runs(weighted=True, shedding=False))
 def test_weighted_batches_stay_within_budget_and_route_every_caller(heap, eager, run):
     """Under max_weight every batch of several items weighs at most the budget; each caller gets its own outcome."""
@@ -371,7 +371,7 @@ def test_weighted_batches_stay_within_budget_and_route_every_caller(heap, eager,
 
 
 @LOOPS
-@settings(SETTINGS, max_examples=400 // SPLIT)
+@settings(SETTINGS, max_examples=property_examples(400 // SPLIT))
 @given(run=runs(weighted=False, shedding=True))
 def test_shedding_refuses_exactly_the_calls_beyond_max_pending(heap, eager, run):
     """A call is refused iff max_pending calls of its partition wait; the rest are served; the stats add up."""
@@ -379,7 +379,7 @@ def test_shedding_refuses_exactly_the_calls_beyond_max_pending(heap, eager, run)
 
 
 @LOOPS
-@settings(SETTINGS, max_examples=250 // SPLIT)
+@settings(SETTINGS, max_examples=property_examples(250 // SPLIT))
 @given(run=runs(weighted=True, shedding=True))
 def test_weights_and_shedding_together(heap, eager, run):
     run_and_check(run, eager=eager)

@@ -40,7 +40,7 @@ def test_every_export_claims_the_public_module(name):
 def test_version_is_the_installed_distributions():
     """``__version__`` is a str equal to the installed distribution's version."""
     assert isinstance(concresce.__version__, str)
-    assert concresce.__version__ == importlib.metadata.version("concresce")
+    assert concresce.__version__ == importlib.metadata.version("concresce-inline")
 
 
 def test_missing_result_error_is_a_key_error_and_a_batch_routing_error():
@@ -122,7 +122,7 @@ def test_errors_docstring_draws_the_real_exception_tree():
 
 def test_package_has_no_runtime_dependencies():
     """The distribution requires nothing at run time (optional extras aside)."""
-    requires = importlib.metadata.requires("concresce") or []
+    requires = importlib.metadata.requires("concresce-inline") or []
 
     assert [req for req in requires if not re.search(r";.*\bextra\s*==", req)] == []
 
@@ -131,6 +131,6 @@ def test_py_typed_marker_ships():
     """``py.typed`` is part of the package, and of the installed files when installed from a wheel."""
     assert (importlib.resources.files("concresce") / "py.typed").is_file()
 
-    installed = {str(path) for path in importlib.metadata.files("concresce") or []}
+    installed = {str(path) for path in importlib.metadata.files("concresce-inline") or []}
     if "concresce/__init__.py" in installed:  # a wheel install (an editable one lists a .pth instead)
         assert "concresce/py.typed" in installed

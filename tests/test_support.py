@@ -674,6 +674,41 @@ async def test_anywhere() -> None:
     )
     n_real = N_BACKENDS - N_VIRTUAL
     result.assert_outcomes(passed=2 * N_VIRTUAL + N_BACKENDS, deselected=2 * n_real)
+    if n_real:
+        result.stdout.fnmatch_lines([f"deselected: {2 * n_real} uvloop variants of virtual-clock tests*"])
+
+
+def test_skips_are_summarised_in_one_line_that_says_how_to_run_the_servers(
+    run_inner: Callable[[str], pytest.RunResult], pytester: pytest.Pytester
+) -> None:
+    """Skipped integration tests are counted, not listed, with the command that runs them; other skips by reason."""
+    folder = pytester.path / "tests" / "integration"
+    folder.mkdir(parents=True)
+    (folder / "test_servers.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.parametrize('n', [1, 2])\n"
+        "def test_postgres(n):\n    pytest.skip('CONCRESCE_TEST_POSTGRES_DSN is not set: set it')\n\n"
+        "def test_redis():\n    pytest.skip('CONCRESCE_TEST_REDIS_URL is not set: set it')\n"
+    )
+    result = run_inner(
+        """
+import pytest
+
+@pytest.mark.skip(reason="for a reason of its own")
+@pytest.mark.parametrize("n", [1, 2])
+def test_other(n: int) -> None:
+    pass
+"""
+    )
+    result.assert_outcomes(skipped=5)
+    (line,) = [line for line in result.outlines if line.startswith("skipped: ")]
+    assert line.startswith(
+        "skipped: 3 integration tests need PostgreSQL and Redis "
+        "(CONCRESCE_TEST_POSTGRES_DSN is not set; CONCRESCE_TEST_REDIS_URL is not set); "
+        'to run them: d="$(mktemp -d)"; eval "$(.ci/servers start "$d")"; uv run pytest;'
+    )
+    assert line.endswith("| 2 tests: for a reason of its own")
+    assert not any(line.startswith("SKIPPED") for line in result.outlines)
 
 
 def test_unawaited_coroutines_and_resource_warnings_fail(run_inner: Callable[[str], pytest.RunResult]) -> None:

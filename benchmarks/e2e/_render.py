@@ -123,13 +123,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         (
             f"Each request looks up {meta['items_per_request']} rows by primary key, one `lookup(id)` call per row, "
-            f"gathered concurrently. One uvicorn process per strategy ({meta['server_loop']} loop, one asyncpg pool of "
-            f"{meta['pool_size']} connections, `max_size={meta['max_size']}` for `@batch`); a closed-loop load "
+            f"gathered concurrently. {_servers(meta.get('workers', 1))} ({meta['server_loop']} loop, one asyncpg "
+            f"pool of {meta['pool_size']} connections per process, `max_size={meta['max_size']}` for `@batch`); "
+            "a closed-loop load "
             f"generator in another process, one keep-alive connection per client; each point is measured in "
             f"{plan['rounds']} round(s), interleaved with the other points, of {plan['warmup']:g} s warm-up then "
             f"{plan['duration']:g} s (at most {plan['max_requests']:,} requests); its rounds' requests are pooled. "
             "Latency is measured by the "
-            "client; queries are counted by the app; server CPU is the uvicorn process's CPU time per request, "
+            "client; queries are counted by the app; server CPU is the server processes' CPU time per request, "
             "client CPU the load generator's (PostgreSQL's own CPU is in neither)."
         ),
         "",
@@ -210,3 +211,9 @@ def plot(result: dict[str, Any], path: Any) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _servers(workers: int) -> str:
+    if workers == 1:
+        return "One uvicorn process per strategy"
+    return f"{workers} uvicorn worker processes per strategy on one socket"

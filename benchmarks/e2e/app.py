@@ -16,16 +16,18 @@ strategy under test, fixed when the app is created:
   time; the lookups that arrive meanwhile wait and go together in the next one.
 
 Every query goes through :class:`Store`, which counts them. ``GET /stats`` reports the
-counters and the process's CPU time; ``POST /reset`` zeroes the counters.
+counters and the CPU time, summed over every worker process of the server (see
+:class:`Counters`); ``POST /reset`` zeroes the counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from _common import WINDOWS, order_item_ids
@@ -65,6 +67,49 @@ class Store:
         return {row[0]: row[1] for row in rows}
 
 
+#: The counters each worker publishes: requests, queries, items, CPU seconds.
+FIELDS: Final = ("requests", "queries", "items", "cpu_seconds")
+
+
+class Counters:
+    """The counters of every worker process of one server, in memory they share.
+
+    Created before the workers are forked (``server.py --workers``), so every worker writes
+    its own row and any worker can answer ``/stats`` for all of them. Each worker publishes
+    its cumulative values after every request; ``/reset`` records them as the baseline, which
+    needs no message to the other workers.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        """Rows for ``workers`` processes; this process is worker 0 until :meth:`use_row`."""
+        width = len(FIELDS)
+        self._current = multiprocessing.RawArray("d", workers * width)
+        self._baseline = multiprocessing.RawArray("d", workers * width)
+        self._workers = workers
+        self._row = 0
+
+    def use_row(self, worker: int) -> None:
+        """Make this process publish as ``worker`` (called in each forked worker)."""
+        self._row = worker
+
+    def publish(self, requests: int, queries: int, items: int) -> None:
+        """This worker's cumulative counters, and its CPU time so far."""
+        base = self._row * len(FIELDS)
+        self._current[base : base + len(FIELDS)] = [requests, queries, items, time.process_time()]
+
+    def totals(self) -> dict[str, float]:
+        """Every worker's counters since the last reset, summed."""
+        width = len(FIELDS)
+        return {
+            field: sum(self._current[w * width + i] - self._baseline[w * width + i] for w in range(self._workers))
+            for i, field in enumerate(FIELDS)
+        }
+
+    def reset(self) -> None:
+        """Count from now on, in every worker."""
+        self._baseline[:] = self._current[:]
+
+
 def lookup_factory(strategy: str, store: Store, *, max_size: int | None) -> Callable[[], Lookup]:
     """Return a function giving the ``lookup`` a request should use, for ``strategy``."""
     if strategy == "unbatched":
@@ -96,9 +141,19 @@ def lookup_factory(strategy: str, store: Store, *, max_size: int | None) -> Call
     return lambda: price
 
 
-def create_app(*, dsn: str, table: str, strategy: str, items: int, pool_size: int, max_size: int | None) -> FastAPI:
+def create_app(
+    *,
+    dsn: str,
+    table: str,
+    strategy: str,
+    items: int,
+    pool_size: int,
+    max_size: int | None,
+    counters: Counters | None = None,
+) -> FastAPI:
     """The service for one strategy; the pool opens and closes with the app's lifespan."""
     state: dict[str, Any] = {"requests": 0}
+    shared = Counters() if counters is None else counters
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -118,25 +173,28 @@ def create_app(*, dsn: str, table: str, strategy: str, items: int, pool_size: in
         state["requests"] += 1
         lookup: Lookup = state["new_lookup"]()
         prices = await asyncio.gather(*(lookup(item_id) for item_id in order_item_ids(order, items)))
+        store: Store = state["store"]
+        shared.publish(state["requests"], store.queries, store.items)
         return {"order": order, "items": len(prices), "total": sum(p for p in prices if p is not None)}
 
     @app.get("/stats")
     async def get_stats() -> dict[str, Any]:
         store: Store = state["store"]
+        shared.publish(state["requests"], store.queries, store.items)
+        totals = shared.totals()
         return {
             "strategy": strategy,
-            "requests": state["requests"],
-            "queries": store.queries,
-            "items": store.items,
-            "cpu_seconds": time.process_time(),
+            "requests": round(totals["requests"]),
+            "queries": round(totals["queries"]),
+            "items": round(totals["items"]),
+            "cpu_seconds": totals["cpu_seconds"],
         }
 
     @app.post("/reset")
     async def reset() -> dict[str, bool]:
         store: Store = state["store"]
-        state["requests"] = 0
-        store.queries = 0
-        store.items = 0
+        shared.publish(state["requests"], store.queries, store.items)
+        shared.reset()
         return {"ok": True}
 
     return app

@@ -154,6 +154,7 @@ class Server:
             f"--pool-size={args.pool_size}",
             f"--max-size={args.max_size}",
             f"--loop={args.server_loop}",
+            f"--workers={args.workers}",
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log)  # noqa: S603
         assert self.process.stdout is not None
@@ -280,7 +281,16 @@ async def measure_all(plan: Plan, servers: list[Server], items: int) -> list[dic
 def versions() -> dict[str, str]:
     """Versions of the packages on the measured path."""
     found = {}
-    for package in ("concresce", "fastapi", "starlette", "uvicorn", "h11", "httptools", "asyncpg", "aiodataloader"):
+    for package in (
+        "concresce-inline",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "h11",
+        "httptools",
+        "asyncpg",
+        "aiodataloader",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
     return found
@@ -319,6 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-size", type=int, default=10, help="asyncpg pool size per server (default: %(default)s)")
     parser.add_argument("--max-size", type=int, default=1000, help="@batch max_size, 0: none (default: %(default)s)")
     parser.add_argument("--server-loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvicorn's event loop")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes per server, each with its own pool (default: 1)"
+    )
     parser.add_argument("--out", type=Path, default=E2E_DIR / "results", help="output directory")
     parser.add_argument("--no-plot", action="store_true", help="write no latest.png (matplotlib not needed)")
     parser.add_argument(
@@ -369,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
                 servers.extend(Server(strategy, dsn, table, args) for strategy in strategies)
                 for server in servers:
                     server.wait_ready()
+                if args.workers > 1:
+                    # The first worker to listen answers wait_ready(); give the others time
+                    # to open their pools, so that every worker takes part from the start.
+                    time.sleep(2.0)
                 log(
                     f"{plan.mode} run: {len(strategies)} strategies x concurrency {plan.concurrency} x "
                     f"{plan.rounds} round(s) of {plan.warmup:g} s warm-up + {plan.duration:g} s"
@@ -395,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_size": args.max_size or None,
         "windows_s": {name: WINDOWS[name] for name in strategies if name in WINDOWS},
         "server_loop": args.server_loop,
+        "workers": args.workers,
         "postgres": postgres_version,
         "postgres_from": dsn_source,
         "versions": versions(),

@@ -24,7 +24,7 @@ from ._stats import add_observer as add_observer
 from ._stats import remove_observer as remove_observer
 
 try:
-    __version__ = _version("concresce")
+    __version__ = _version("concresce-inline")
 except _PackageNotFoundError:  # pragma: no cover -- running from a source tree that was never installed
     __version__ = "0.0.0"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from numbers import Real
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _closed_loops  # noqa: F401 # pyright: ignore[reportUnusedImport] -- installs the sweep of closed loops
 from ._controls import Batched, Controls
@@ -15,6 +16,7 @@ from ._wrapper import instance_key, make_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
+    from datetime import timedelta
 
     from ._stats import BatchRecord
 
@@ -29,7 +31,7 @@ def batch(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Batched[P, R]: ...
 @overload
 def batch(
     *,
-    max_window: float = 0,
+    max_window: float | timedelta = 0,
     max_size: int | None = 100,
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
@@ -42,8 +44,8 @@ def batch(
 def batch(
     fn: Any = None,
     /,
-    *,
-    max_window: float = 0,
+    *misplaced: object,
+    max_window: float | timedelta = 0,
     max_size: int | None = 100,
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
@@ -52,6 +54,7 @@ def batch(
     max_weight: float | None = None,
     max_pending: int | None = None,
     observer: Callable[[BatchRecord], object] | None = None,
+    **unknown: object,
 ) -> Any:
     """Make concurrent calls of an ``async def`` share one bulk operation.
 
@@ -67,7 +70,8 @@ def batch(
 
     Args:
         fn: The ``async def`` function (bare ``@batch`` only).
-        max_window: Seconds a batch stays open at most; ``0`` flushes on the next loop turn.
+        max_window: Seconds (a number or a ``datetime.timedelta``) a batch stays open at most;
+            ``0`` flushes on the next loop turn.
         max_size: Items per batch at most (``None``: no limit; ``1``: no batching).
         group_by: Called with each call's arguments; calls with different (hashable)
             results never share a batch.
@@ -84,6 +88,10 @@ def batch(
             a call beyond it fails at once with ``OverloadedError``.
         observer: Called with a ``BatchRecord`` when each batch of this function ends (see
             ``add_observer()`` for every function).
+        *misplaced: Not options: options given by position (concresce 0.1.0's
+            ``@batch(0.05, 100)``) are a ``TypeError`` that shows the keyword form.
+        **unknown: Not options: an unknown keyword (1.x-5.x's ``window=``) is a ``TypeError``
+            that names the option to use.
 
     Returns:
         The batching function (or, with options only, a decorator that makes one). It keeps
@@ -106,6 +114,10 @@ def batch(
 
     Added in version 0.3.
     """
+    if misplaced or unknown:
+        # Options are keyword-only (the overloads say so to type checkers). These parameters
+        # exist only to answer the spellings of other releases with the exact fix.
+        raise TypeError(_misspelled(fn, misplaced, unknown))
     weigh = check_callable("weight", weight)
     budget = check_weight_limit(max_weight)
     if (weigh is None) != (budget is None):
@@ -141,7 +153,7 @@ def _decorate(
     observer: Callable[[BatchRecord], object] | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     _check_function(fn)
-    name: str = getattr(fn, "__qualname__", None) or repr(fn)
+    name = _name_of(fn)
     method = _is_method(fn)
     batcher = Batcher(
         name,
@@ -158,6 +170,8 @@ def _decorate(
     instance = _first_parameter(fn) if method else None
     partition = _partitioner(name, instance, group_by)
     wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, instance=instance))
+    if not hasattr(fn, "__qualname__"):  # a functools.partial: name it after its function
+        wrapper.__name__ = wrapper.__qualname__ = name
     controls = Controls(batcher)
     wrapper.stats = controls.stats
     wrapper.configure = controls.configure
@@ -224,6 +238,13 @@ def _is_method(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _name_of(fn: object) -> str:
+    """The name a decorated function goes by, in messages and statistics."""
+    if isinstance(fn, functools.partial):  # it has no name of its own
+        return f"partial({_name_of(fn.func)})"
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def _check_function(fn: object) -> None:
     kind = type(fn).__name__
     if isinstance(fn, (classmethod, staticmethod)):
@@ -236,8 +257,51 @@ def _check_function(fn: object) -> None:
     elif inspect.isfunction(fn) or inspect.ismethod(fn):
         what = f"a plain (not async) function {fn!r}"
     elif isinstance(fn, Real):
-        what = f"{fn!r}; options are keyword-only, e.g. @batch(max_window={fn!r})"
+        # Which option a lone number meant is a guess: show both readings.
+        what = (
+            f"{fn!r}; options are keyword-only: @batch(max_window={fn!r}) for a window of {fn!r} "
+            f"seconds, or @batch(max_size={fn!r}) for batches of {fn!r} items"
+        )
     else:
         what = f"{fn!r} of type {kind}"
     msg = f"@batch needs an `async def` function, got {what}"
     raise TypeError(msg)
+
+
+#: The keyword options of ``batch()``, in the order its signature lists them.
+_OPTIONS: Final = (
+    "max_window",
+    "max_size",
+    "group_by",
+    "dedupe",
+    "max_concurrency",
+    "weight",
+    "max_weight",
+    "max_pending",
+    "observer",
+)
+#: The options concresce 0.1.0 took by position, in that order: ``@batch(0.05, 100)``.
+_POSITIONAL_0_1: Final = ("max_window", "max_size")
+#: Keywords of other releases and what they are here (1.x to 5.x: ``window=timedelta(...)``).
+_RENAMED: Final = {"window": "max_window", "size": "max_size", "batch_size": "max_size"}
+
+
+def _misspelled(fn: object, misplaced: tuple[object, ...], unknown: dict[str, object]) -> str:
+    """The message for options given by position or under a name ``batch()`` does not have."""
+    if unknown:
+        name, value = next(iter(unknown.items()))
+        option = _RENAMED.get(name)
+        if option is not None:
+            return (
+                f"@batch has no option {name}=; it is called {option}= here: @batch({option}={value!r}) "
+                "(max_window takes seconds or a datetime.timedelta). Coming from concresce 1.x-5.x? "
+                "The leader must also route its results: `return scatter(results)`, not `return results`"
+            )
+        close = difflib.get_close_matches(name, _OPTIONS, n=1)
+        hint = f"did you mean {close[0]}=? " if close else ""
+        return f"@batch got an unexpected option {name}=; {hint}its options are: {', '.join(_OPTIONS)}"
+    given = (fn, *misplaced)
+    if len(given) <= len(_POSITIONAL_0_1):
+        spelled = ", ".join(f"{option}={value!r}" for option, value in zip(_POSITIONAL_0_1, given, strict=False))
+        return f"@batch takes its options by keyword only: write @batch({spelled}) (0.1.0 took them by position)"
+    return f"@batch takes its options by keyword only ({', '.join(_OPTIONS)}); got {len(given)} positional arguments"

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeAlias, final
 
 from concresce import batch, collect, scatter
 
@@ -240,7 +240,8 @@ def _batched(db: _Backend, *, max_window: float, max_size: int) -> Lookup:
 @dataclass(frozen=True)
 class _Outcome:
     strategy: str
-    queries: int
+    batches: int | None  # bulk calls made by leaders; None: not batched
+    queries: int  # statements sent to the database (a batch may need several)
     seconds: float
     wrong: int
 
@@ -267,16 +268,19 @@ async def _run(db: _Backend, user_ids: Sequence[int], *, max_size: int, max_wind
         results = await asyncio.gather(*(lookup(user_id) for user_id in user_ids))
         seconds = time.perf_counter() - started
         wrong = sum(got != want for got, want in zip(results, expected, strict=True))
-        outcomes.append(_Outcome(strategy, db.queries - queries_before, seconds, wrong))
+        stats = getattr(lookup, "stats", None)
+        batches = None if stats is None else stats().batches
+        outcomes.append(_Outcome(strategy, batches, db.queries - queries_before, seconds, wrong))
     return outcomes
 
 
 def _table(outcomes: Sequence[_Outcome], n: int) -> list[str]:
     baseline = outcomes[0].seconds
-    header = ("strategy", "queries", "wall time", "speed-up", "check")
+    header = ("strategy", "batches", "queries", "wall time", "speed-up", "check")
     rows = [
         (
             outcome.strategy,
+            "-" if outcome.batches is None else str(outcome.batches),
             str(outcome.queries),
             f"{outcome.seconds * 1000:.1f} ms",
             f"{baseline / max(outcome.seconds, 1e-9):.1f}x",
@@ -284,12 +288,12 @@ def _table(outcomes: Sequence[_Outcome], n: int) -> list[str]:
         )
         for outcome in outcomes
     ]
-    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(5)]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         strategy, *numbers, check = cells
         padded = [strategy.ljust(widths[0])]
-        padded += [cell.rjust(width) for cell, width in zip(numbers, widths[1:4], strict=True)]
+        padded += [cell.rjust(width) for cell, width in zip(numbers, widths[1:-1], strict=True)]
         return "   ".join([*padded, check]).rstrip()
 
     return [line(header), *(line(row) for row in rows)]
@@ -306,13 +310,19 @@ def _demo(n: int, max_size: int, max_window: float) -> int:
         finally:
             db.close()
     latency_ms = _LATENCY * 1000
+    split = (
+        f" (a batch of more than {_MAX_PARAMS} ids is sent as several: SQLite's limit on parameters)"
+        if max_size > _MAX_PARAMS
+        else ""
+    )
     return _report(
         [
-            f"concresce demo: {n} concurrent tasks, each looking up one user by id.",
+            f"concresce demo: {_tasks(n)}",
             f"Table of {_TABLE_ROWS} users; ids above {_TABLE_ROWS} are absent (expected: None).",
             f"Each query runs on one of {_WORKERS} worker threads (a connection each) and first",
             f"sleeps {latency_ms:g} ms to stand in for a database round trip.",
-            f"The batched strategies send one `WHERE id IN (...)` query per batch (per {_MAX_PARAMS} ids).",
+            f"The batched strategies send one `WHERE id IN (...)` query per batch of at most {max_size} ids{split}.",
+            "batches: bulk calls made by a batch's leader; queries: statements the database received.",
         ],
         outcomes,
         n,
@@ -346,15 +356,22 @@ def _demo_postgres(asyncpg: ModuleType, dsn: str, n: int, max_size: int, max_win
         return 2
     return _report(
         [
-            f"concresce demo: {n} concurrent tasks, each looking up one user by id.",
+            f"concresce demo: {_tasks(n)}",
             f"Table of {_TABLE_ROWS} users, created for the demo in PostgreSQL {version} and dropped",
             f"afterwards; ids above {_TABLE_ROWS} are absent (expected: None).",
             f"Each query is a real round trip through an asyncpg pool of {_WORKERS} connections.",
-            "The batched strategies send one `WHERE id = ANY($1)` query per batch.",
+            f"The batched strategies send one `WHERE id = ANY($1)` query per batch of at most {max_size} ids.",
+            "batches: bulk calls made by a batch's leader; queries: statements the database received.",
         ],
         outcomes,
         n,
     )
+
+
+def _tasks(n: int) -> str:
+    if n == 1:
+        return "1 task looking up one user by id (nothing to batch it with: try --n 100)."
+    return f"{n} concurrent tasks, each looking up one user by id."
 
 
 def _report(intro: list[str], outcomes: Sequence[_Outcome], n: int) -> int:
@@ -410,6 +427,8 @@ def _parser() -> argparse.ArgumentParser:
             "and whether every caller got its own row; exits with 1 if one did not."
         ),
     )
+    # Usage errors found after parsing (--postgres without asyncpg) show the demo's usage.
+    demo.set_defaults(usage_error=demo.error)
     demo.add_argument(
         "--postgres",
         metavar="DSN",
@@ -470,5 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncpg = importlib.import_module("asyncpg")
     except ImportError:
-        parser.error("--postgres needs the asyncpg driver, which is not installed: pip install asyncpg")
+        usage_error: Callable[[str], NoReturn] = args.usage_error
+        usage_error("--postgres needs the asyncpg driver, which is not installed: pip install asyncpg")
     return _demo_postgres(asyncpg, dsn, n, max_size, max_window)

@@ -6,6 +6,7 @@ Every check names the option and what was given, and returns the normalised valu
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from numbers import Real
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,10 +17,14 @@ __all__ = ["check_callable", "check_flag", "check_limit", "check_weight_limit", 
 
 
 def check_window(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        msg = f"max_window must be a number of seconds (>= 0 and finite), got {value!r}"
+    if isinstance(value, timedelta):
+        # The spelling of other releases (`window=timedelta(milliseconds=5)`): stored as seconds.
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), got {value!r}"
         raise TypeError(msg)
-    seconds = float(value)
+    else:
+        seconds = float(value)
     if not (seconds >= 0 and math.isfinite(seconds)):
         msg = f"max_window must be >= 0 and finite, got {value!r}"
         raise ValueError(msg)

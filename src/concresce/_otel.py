@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing of batches (the ``concresce[otel]`` extra).
+"""OpenTelemetry tracing of batches (the ``concresce-inline[otel]`` extra).
 
 Nothing here imports OpenTelemetry until ``enable_tracing()`` is called; until then a batch
 pays one ``None`` check when it opens and one per member that joins it.
@@ -40,14 +40,14 @@ def enable_tracing(tracer_provider: Any = None) -> None:
             global one (``opentelemetry.trace.set_tracer_provider``).
 
     Raises:
-        ImportError: OpenTelemetry is not installed (``pip install 'concresce[otel]'``).
+        ImportError: OpenTelemetry is not installed (``pip install 'concresce-inline[otel]'``).
 
     Added in version 0.3.
     """
     try:
         from opentelemetry import trace  # noqa: PLC0415 -- imported only when tracing is wanted
     except ImportError as error:
-        msg = "concresce: tracing needs the OpenTelemetry API; install it with: pip install 'concresce[otel]'"
+        msg = "concresce: tracing needs the OpenTelemetry API; install it with: pip install 'concresce-inline[otel]'"
         raise ImportError(msg) from error
     api = _Api(trace, trace.get_tracer("concresce", tracer_provider=tracer_provider))
 

@@ -103,7 +103,8 @@ def _misuse(call: Call, state: int) -> str:
         return f"{name}: scatter() was already called for this batch; call it once, with every result"
     if state in {IDLE, NESTED}:
         return (
-            f"{name}: scatter() was called before collect(); await collect(item) first, then scatter() the bulk results"
+            f"{name}: scatter() was called before this call awaited collect(): is `await` missing "
+            "before collect(item)? Write `items = await collect(item)`, then `return scatter(results)`"
         )
     if state == GONE:
         return f"{name}: scatter() was called by a leader that was cancelled; the batch was handed to another member"
@@ -180,7 +181,11 @@ def _route_keyed(
             share = results[wanted]
         except KeyError:
             if default is _MISSING:
-                share = MissingResultError(f"{name}: scatter() has no result for key {wanted!r}", wanted)
+                share = MissingResultError(
+                    f"{name}: scatter() has no result for key {wanted!r}; if a missing key is not an "
+                    "error, pass a default for it: scatter(results, default=None)",
+                    wanted,
+                )
             else:
                 share = default
         except Exception as error:

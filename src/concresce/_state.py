@@ -230,10 +230,29 @@ def _weight_of(name: str, weigh: Callable[[Any], float], item: object) -> float:
 
 def outside_message(what: str) -> str:
     """Explain that ``what`` was used outside a call of a decorated function."""
+    if _collect_is_a_task():
+        return (
+            f"{what} was awaited in a task of its own, not in the task that made the @batch call: "
+            "asyncio.wait_for(collect(item), timeout) does that on Python 3.10 and 3.11, as do "
+            "create_task(), ensure_future() and gather(). Await collect(item) directly in the "
+            "body, and put the time-out around the whole call: asyncio.wait_for(fn(item), timeout)"
+        )
     return (
         f"{what} was used outside a call of a @batch function: await collect(item) in the body "
         "of an `async def` decorated with @batch, in the task that made the call (not in a task "
         "it started), then return scatter(results)"
+    )
+
+
+def _collect_is_a_task() -> bool:
+    """Whether the current task's own coroutine is a ``collect()``: it was wrapped in a task."""
+    try:
+        task = current_task()
+    except RuntimeError:  # no running event loop
+        return False
+    frame = None if task is None else getattr(task.get_coro(), "cr_frame", None)
+    return (
+        frame is not None and frame.f_code.co_name == "collect" and frame.f_globals["__name__"] == "concresce._collect"
     )
 
 

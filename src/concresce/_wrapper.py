@@ -249,7 +249,8 @@ def ended_by_return(call: Call) -> None:
         batch = call.batch
         error = RuntimeError(
             f"{name}: the leader returned without calling scatter(), so the other members of "
-            "its batch got no result; end the leader's code with `return scatter(results)`",
+            "its batch got no result; end the leader's code with `return scatter(results)` "
+            "(returning the list of results itself, as concresce 1.x-5.x did, routes nothing)",
         )
         batch.fail(error, call)
         raise error

@@ -18,7 +18,9 @@ def _table(out: str) -> dict[str, tuple[int, str]]:
     for line in lines[start + 1 :]:
         if not line:
             break
-        strategy, queries, _wall_time, _speed_up, check = re.split(r"\s{2,}", line, maxsplit=4)
+        strategy, batches, queries, _wall_time, _speed_up, check = re.split(r"\s{2,}", line, maxsplit=5)
+        # PostgreSQL takes a whole batch in one `= ANY($1)` query: one query per batch.
+        assert batches == ("-" if strategy == "one query per call" else queries), line
         table[strategy] = (int(queries), check)
     return table
 

@@ -73,3 +73,37 @@ def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
     summary = result["summary"]
     assert summary["best_concresce_at_high"]["strategy"] == "tick"
     assert summary["high_concurrency"] == 8
+
+
+SCALING = RUN.with_name("scaling.py")
+
+
+def test_scaling_benchmark_with_two_workers_counts_every_worker(postgres_dsn, tmp_path):
+    """scaling.py with W = 1 and 2: the server's counters add up over both workers, and the report has a row per W."""
+    command = [
+        sys.executable,
+        str(SCALING),
+        f"--dsn={postgres_dsn}",
+        "--workers=1,2",
+        "--pool-total=2",
+        "--strategies=unbatched,tick",
+        "--concurrency=8",
+        "--passes=1",
+        "--warmup=0.2",
+        "--duration=0.3",
+        f"--out={tmp_path}",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    # run.py fails a point whose server-side request count differs from the client's, so a
+    # success means /stats summed the counters of both workers.
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "scaling.md").read_text(encoding="utf-8") == completed.stdout
+    runs = json.loads((tmp_path / "scaling.json").read_text(encoding="utf-8"))
+    assert set(runs) == {"1", "2"}
+    assert [run["meta"]["workers"] for run in runs["2"]] == [2]
+    assert [run["meta"]["pool_size"] for run in runs["2"]] == [1]
+    for results in runs.values():
+        rows = {row["strategy"]: row for row in results[0]["results"]}
+        assert rows["unbatched"]["queries"] == 10 * rows["unbatched"]["requests"]
+        assert 0 < rows["tick"]["queries"] <= rows["tick"]["requests"]
+    assert "| `tick` | 2 |" in completed.stdout

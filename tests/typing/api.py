@@ -8,6 +8,7 @@ reportUnnecessaryTypeIgnoreComment (pyright), a checker that stopped seeing it f
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from typing_extensions import assert_type
@@ -142,9 +143,12 @@ def errors() -> None:
     assert_type(error.key, object)
 
 
-# Options are keyword-only and typed.
+# Options are keyword-only and typed; a window may be a timedelta.
 batch(max_window="0.1")  # type: ignore[call-overload]
 batch(max_size=1.5)  # type: ignore[call-overload]
+batch(max_window=timedelta(milliseconds=5))
+batch(0.05, 100)  # type: ignore[call-overload]
+batch(window=timedelta(milliseconds=5))  # type: ignore[call-overload]
 
 
 @batch  # type: ignore[arg-type]
