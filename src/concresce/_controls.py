@@ -17,6 +17,7 @@ from ._state import DONE, Batcher, Partition, calls_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+    from datetime import timedelta
 
     from ._stats import BatchStats
 
@@ -66,7 +67,7 @@ class Batched(Protocol[P, R]):  # pyright: ignore[reportInvalidTypeVarUse]
     def configure(
         self,
         *,
-        max_window: float = ...,
+        max_window: float | timedelta = ...,
         max_size: int | None = ...,
         max_concurrency: int | None = ...,
         max_weight: float | None = ...,
@@ -138,7 +139,7 @@ class Controls:
     def configure(
         self,
         *,
-        max_window: float | _Unset = UNSET,
+        max_window: float | timedelta | _Unset = UNSET,
         max_size: int | _Unset | None = UNSET,
         max_concurrency: int | _Unset | None = UNSET,
         max_weight: float | _Unset | None = UNSET,
@@ -152,7 +153,8 @@ class Controls:
         lowered one lets the batches in flight finish.
 
         Args:
-            max_window: Seconds a batch stays open at most (``0``: the next loop turn).
+            max_window: Seconds (a number or a ``datetime.timedelta``) a batch stays open at
+                most (``0``: the next loop turn).
             max_size: Items per batch at most, or ``None``.
             max_concurrency: Batches of one partition in flight at most, or ``None``.
             max_weight: The weight budget of a batch, or ``None`` (needs ``weight=``).

@@ -112,6 +112,7 @@ async def controls() -> None:
     assert_type(Repository().get.stats(), BatchStats)
     assert_type(Repository.by_class.stats(), BatchStats)
     bare.configure(max_window=0.01, max_size=None, max_concurrency=2, max_pending=100)
+    bare.configure(max_window=timedelta(milliseconds=5))
     assert_type(bare.flush(), int)
     await bare.drain()
     await Repository().get.drain()
