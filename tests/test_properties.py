@@ -484,10 +484,27 @@ EXPLAIN_ERROR = {
 }
 
 
+def second_leader_cancelled_on_310(run, call):
+    """Python 3.10 only: whether ``call``'s batch lost a second leader to a cancellation.
+
+    Without ``Task.cancelling()`` only the first leader's ``CancelledError`` hands the batch
+    over; a second one is a fault that every member still waiting gets (decision 6).
+    """
+    if sys.version_info >= (3, 11):
+        return False
+    aborted = [lead for lead in run.leads if lead.end == "aborted"]
+    return any(
+        call.index in second.indices
+        and any(first.number < second.number and second.leader in first.indices for first in aborted)
+        for second in aborted
+    )
+
+
 def explain(run, call, outcome, opts):
     """Return None if ``outcome`` is one that ``call`` may end with, else why not."""
     if outcome == "cancelled":
-        return None if call.cancelled_by_us else "CancelledError, but this task was never cancelled"
+        allowed = call.cancelled_by_us or second_leader_cancelled_on_310(run, call)
+        return None if allowed else "CancelledError, but this task was never cancelled"
     if call.cancelled_by_us:
         return f"its task was cancelled, yet it ended with {outcome!r}"
     kind, value = outcome
