@@ -798,3 +798,75 @@ async def test_a_timeout_block_around_collect_in_the_body_bounds_the_shared_work
 
     assert [type(result) for result in results] == [TimeoutError] * 3
     assert runs == [[0, 1, 2]]  # not a handover: the leader's task had no cancellation request left
+
+
+def renaming_self(fn):
+    """A decorator whose own first parameter is not called `self`."""
+
+    @functools.wraps(fn)
+    async def wrapper(inst, key):
+        return await fn(inst, key)
+
+    return wrapper
+
+
+class Renamed:
+    def __init__(self, name):
+        self.name = name
+
+    @batch(max_window=NEVER)
+    @renaming_self
+    async def get(self, key):
+        keys = await collect(key)
+        return scatter([f"{self.name}:{k}/{len(keys)}" for k in keys])
+
+    @batch(max_window=NEVER, group_by=lambda inst, key: 0)
+    @renaming_self
+    async def grouped(self, key):
+        keys = await collect(key)
+        return scatter([f"{self.name}:{k}/{len(keys)}" for k in keys])
+
+
+@pytest.mark.parametrize("method", ["get", "grouped"])
+async def test_methods_batch_per_instance_under_a_decorator_that_renames_self(method):
+    """The instance passed as the decorator's own `inst=` keyword still picks its partition."""
+    east, west = Renamed("east"), Renamed("west")
+    unbound = getattr(Renamed, method)
+    tasks = [
+        asyncio.create_task(unbound(inst=east, key=1)),
+        asyncio.create_task(unbound(inst=west, key=2)),
+        asyncio.create_task(unbound(east, 3)),
+        asyncio.create_task(getattr(west, method)(4)),
+    ]
+    await wait_all_tasks_blocked()
+    assert unbound.flush() == 2
+
+    assert await asyncio.gather(*tasks) == ["east:1/2", "west:2/2", "east:3/2", "west:4/2"]
+
+
+class CancellingRepr:
+    """A group key whose repr() raises a BaseException (here CancelledError)."""
+
+    def __hash__(self):
+        return 1
+
+    def __eq__(self, other):
+        return isinstance(other, CancellingRepr)
+
+    def __repr__(self):
+        raise asyncio.CancelledError
+
+
+async def test_a_group_key_whose_repr_raises_a_base_exception_neither_fails_nor_wedges():
+    """Reporting catches whatever the key's repr() raises: results arrive, the one slot is freed."""
+    seen = Recorder()
+
+    @batch(max_size=2, max_concurrency=1, group_by=lambda x: CancellingRepr(), observer=lambda r: seen(r.partition))
+    async def fetch(x):
+        items = await collect(x)
+        return scatter([item * 10 for item in items])
+
+    assert await asyncio.wait_for(asyncio.gather(*(fetch(x) for x in range(3))), 5) == [0, 10, 20]
+    assert await asyncio.wait_for(fetch(4), 5) == 40
+    assert seen == ["<CancellingRepr key, repr() raised CancelledError>"] * 3
+    assert partitions_of(fetch) == {}

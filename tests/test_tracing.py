@@ -128,6 +128,32 @@ async def test_the_batch_span_is_current_in_the_bulk_section_only(tracing):
     assert seen == [1]
 
 
+async def test_a_span_opened_around_scatter_does_not_leave_the_batch_span_current(tracing):
+    """scatter() inside a span the bulk code opened: once the call returns, the caller's span is current again."""
+    from opentelemetry import trace  # noqa: PLC0415 -- the test group installs it
+
+    @batch(max_window=NEVER, max_size=2)
+    async def fetch(item):
+        items = await collect(item)
+        with tracing.tracer.start_as_current_span("write"):
+            return scatter(items)
+
+    async def member(name, x):
+        with tracing.tracer.start_as_current_span(f"member {name}") as span:
+            tracing.members[name] = span.get_span_context().span_id
+            result = await fetch(x)
+            current = trace.get_current_span().get_span_context().span_id
+            with tracing.tracer.start_as_current_span(f"after {name}"):
+                pass
+            return result, current == tracing.members[name]
+
+    assert await asyncio.gather(member(1, 1), member(2, 2)) == [(1, True), (2, True)]
+    spans = {span.name: span for span in tracing.exporter.get_finished_spans()}
+    (batch_span,) = tracing.batch_spans()
+    assert spans["write"].parent.span_id == batch_span.context.span_id
+    assert spans["after 1"].parent.span_id == tracing.members[1]
+
+
 async def test_each_batch_gets_its_own_span(tracing):
     echo = make_echo(max_window=NEVER, max_size=2)
 

@@ -214,7 +214,16 @@ def _partitioner(
 
 
 def _first_parameter(fn: Callable[..., Any]) -> str:
-    """The name of a method's first parameter, ``self`` or ``cls`` (see ``_is_method``)."""
+    """The name under which a method's calls pass the instance (see ``_is_method``).
+
+    That is the first parameter of ``fn`` itself: a decorator under ``@batch`` may call it
+    otherwise than the method it wraps (``inst`` for ``self``). If ``fn`` takes ``*args``
+    first, the instance is the first positional argument or, by keyword, the wrapped
+    method's ``self``/``cls``.
+    """
+    own = next(iter(inspect.signature(fn, follow_wrapped=False).parameters.values()), None)
+    if own is not None and own.kind is not inspect.Parameter.VAR_POSITIONAL:
+        return own.name
     return next(iter(inspect.signature(fn).parameters))
 
 

@@ -69,7 +69,7 @@ def disable_tracing() -> None:
 class _Api:
     """What the traces use of OpenTelemetry, looked up once by enable_tracing()."""
 
-    __slots__ = ("attach", "current_span", "detach", "in_context", "link", "status", "tracer")
+    __slots__ = ("attach", "current", "current_span", "detach", "in_context", "link", "status", "tracer")
 
     def __init__(self, trace: Any, tracer: Any) -> None:
         from opentelemetry import context  # noqa: PLC0415 -- imported only when tracing is wanted
@@ -81,20 +81,22 @@ class _Api:
         self.in_context = trace.set_span_in_context
         self.attach = context.attach
         self.detach = context.detach
+        self.current = context.get_current
 
 
 @final
 class _BatchTrace:
     """The spans of one batch: the members' span contexts, and the running leader's span."""
 
-    __slots__ = ("api", "links", "name", "span", "token")
+    __slots__ = ("api", "context", "links", "name", "span", "token")
 
     def __init__(self, api: _Api, name: str) -> None:
         self.api = api
         self.name = name
         self.links: list[Any] = []
         self.span: Any = None
-        self.token: Any = None  # makes the span current in the leader's context until end()
+        self.context: Any = None  # the OpenTelemetry context with the span current
+        self.token: Any = None  # makes it current in the leader's task until end() or release()
 
     def join(self) -> None:
         context = self.api.current_span().get_span_context()
@@ -115,13 +117,17 @@ class _BatchTrace:
         )
         # start() runs in the leader's task, and so does end() (scatter(), or the leader's
         # failure or handover): the span is current for exactly the bulk section.
-        self.token = api.attach(api.in_context(span))
+        self.context = api.in_context(span)
+        self.token = api.attach(self.context)
 
     def end(self, batch: Batch, outcome: Outcome, error: BaseException | None) -> None:
         span = self.span  # started by this run's start(): end() follows only a leader's run
         self.span = None
-        self.api.detach(self.token)
-        self.token = None
+        if self.api.current() is self.context:
+            self.release()
+        # Else the bulk code opened a span of its own around scatter(): detaching now, out of
+        # order, would let that span's exit make this one current again. The leader's call
+        # releases it when it returns (release()).
         span.set_attributes(
             {
                 "concresce.batch.calls": len(batch.members),
@@ -137,3 +143,9 @@ class _BatchTrace:
             status, code = self.api.status
             span.set_status(status(code, f"{type(error).__name__}: {error}"))
         span.end()
+
+    def release(self) -> None:
+        """Stop making the span current in the leader's task, if end() could not."""
+        if self.token is not None:
+            self.api.detach(self.token)
+            self.token = self.context = None

@@ -85,6 +85,9 @@ class Trace(Protocol):
     def end(self, batch: Batch, outcome: Outcome, error: BaseException | None) -> None:
         """The leader's run ended (routed, failed, or handed over): end its span."""
 
+    def release(self) -> None:
+        """The leader's call returned after scatter(): its span is no longer current."""
+
 
 @final
 class Tracing:
@@ -837,7 +840,8 @@ class Batch:
         self.state = DONE
         part = self.part
         batcher = part.batcher
-        record = None
+        calls = -1  # the members, if observers want a record
+        duration = 0.0
         if self.count:
             duration = part.loop.time() - self.dispatched
             counters = batcher.counters
@@ -849,7 +853,7 @@ class Batch:
             if self.trace is not None and outcome != "handover":
                 self.trace.end(self, outcome, error)  # in the leader: its span was current until now
             if batcher.observer is not None or OBSERVERS:
-                record = self.record(outcome, error, duration)
+                calls = len(self.members)
         self.members = []
         self.callers = []
         # Free the slot: queued batches go in order while slots are free.
@@ -857,19 +861,16 @@ class Batch:
         if part.pending:
             part.release()
         part.batch_ended()
-        if record is not None:
-            observers = list(OBSERVERS)
-            if batcher.observer is not None:
-                observers.insert(0, batcher.observer)
-            notify(observers, record)
+        if calls >= 0:
+            self.report(outcome, error, duration, calls)
 
-    def record(self, outcome: Outcome, error: BaseException | None, duration: float) -> BatchRecord:
-        """The batch's record for observers (never raises)."""
+    def report(self, outcome: Outcome, error: BaseException | None, duration: float, calls: int) -> None:
+        """Pass the batch's record to its function's observer and the global observers."""
         part = self.part
-        return BatchRecord(
+        record = BatchRecord(
             function=part.batcher.name,
             partition=partition_label(part),
-            calls=len(self.members),
+            calls=calls,
             size=self.count,
             reason=self.reason,
             waited=self.dispatched - self.opened,
@@ -878,6 +879,10 @@ class Batch:
             error=None if error is None else type(error),
             handovers=self.handovers,
         )
+        observers = list(OBSERVERS)
+        if part.batcher.observer is not None:
+            observers.insert(0, part.batcher.observer)
+        notify(observers, record)
 
 
 def partition_label(part: Partition) -> str | None:
@@ -891,7 +896,7 @@ def partition_label(part: Partition) -> str | None:
     value: object = cast("tuple[object, object]", key)[1]  # (loop, partition key)
     try:
         return repr(value)
-    except Exception as error:  # noqa: BLE001 -- reported in the label instead
+    except BaseException as error:  # noqa: BLE001 -- reported in the label instead, whatever it is
         return f"<{type(value).__name__} key, repr() raised {type(error).__name__}>"
 
 

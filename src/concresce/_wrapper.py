@@ -65,6 +65,8 @@ async def wrapper({parameters}):
     else:
         if call.state != SCATTERED:  # the leader that routed its batch: nothing to check
             ended_by_return(call)
+        elif call.batch.trace is not None:
+            call.batch.trace.release()
     finally:
         # After its loop was closed by hand, the entry may be gone already (_closed_loops.py)
         # and must not come back.
