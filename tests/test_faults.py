@@ -423,10 +423,55 @@ async def test_calling_itself_from_its_bulk_section_under_max_concurrency_1_is_a
 
     assert [type(result) for result in results] == [RuntimeError, RuntimeError]
     message = str(results[0])
-    assert message.startswith(f"{load.__qualname__}: called again from its own bulk section")
+    assert message.startswith(f"{load.__qualname__}: called from its own bulk section")
     assert "max_concurrency=1" in message
     assert "before collect() or after scatter()" in message
     assert partitions_of(load) == {}
+
+
+@pytest.mark.parametrize("fan_out", ["gather", "create_task", "await"])
+async def test_a_tree_walk_from_the_bulk_section_under_max_concurrency_1_is_a_runtime_error(fan_out):
+    """Calls made from the bulk section in tasks it starts (gather, create_task) are refused like direct ones."""
+
+    @batch(max_concurrency=1)
+    async def node(n):
+        ids = await collect(n)
+        children = [i - 1 for i in ids if i > 0]
+        if children:  # load the next level of the tree from the bulk section
+            if fan_out == "gather":
+                await asyncio.gather(*(node(child) for child in children))
+            elif fan_out == "create_task":
+                await asyncio.create_task(node(children[0]))
+            else:
+                await node(children[0])
+        return scatter(ids)
+
+    with pytest.raises(RuntimeError) as info:
+        await asyncio.wait_for(node(1), 5)
+
+    message = str(info.value)
+    assert message.startswith(f"{node.__qualname__}: called from its own bulk section")
+    assert "or in a task started there" in message
+    assert "max_concurrency=1" in message
+    assert partitions_of(node) == {}
+
+
+async def test_a_task_started_from_the_bulk_section_and_not_awaited_runs_once_the_slot_frees():
+    """A call in a task the bulk section starts but does not wait for is no deadlock: it waits its turn."""
+    record = Recorder()
+    started = []
+
+    @batch(max_concurrency=1)
+    async def load(x):
+        items = await collect(x)
+        if x == 0:
+            started.append(asyncio.create_task(load(7)))  # not awaited here
+        record("bulk", list(items))
+        return scatter(items)
+
+    assert await asyncio.wait_for(load(0), 5) == 0
+    assert await asyncio.wait_for(started[0], 5) == 7
+    assert record == [("bulk", [0]), ("bulk", [7])]
 
 
 async def test_a_nested_call_before_collect_or_after_scatter_is_fine_under_max_concurrency_1():

@@ -19,7 +19,6 @@ from ._state import (
     call_of,
     open_guarded,
     outside_message,
-    refuse_reentry,
     routed_error,
 )
 
@@ -75,11 +74,9 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
         call = call_of(current_task())  # type: ignore[arg-type]  # None is never a key
     except RuntimeError:  # no running event loop
         call = None
-    if call is None or call.state != IDLE:
-        if call is None or call.state != NESTED:
-            raise RuntimeError(_misuse(call))
-        # A call made inside another call in the same task (rare: the slow path).
-        refuse_reentry(call)
+    # A call made inside another call in the same task (NESTED) joins like any other.
+    if call is None or (call.state != IDLE and call.state != NESTED):  # noqa: PLR1714 -- the IDLE test first
+        raise RuntimeError(_misuse(call))
     loop = running_loop()  # there is one: the call was found through the running task
     # Join the open batch of this call's partition (per loop, per partition key), opening the
     # partition and the batch as needed. Inline, and with few local variables: this runs once

@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import deque
+from contextvars import ContextVar, Token
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 from weakref import WeakSet
 
 from ._errors import OverloadedError
-from ._loop import Task, current_task, running_loop
+from ._loop import Task, current_task
 from ._stats import OBSERVERS, BatchRecord, Counters, notify
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ NO_PARTITION: Final[Any] = object()
 # Field getters for take(), run in C over every member.
 _ITEM: Final = attrgetter("item")
 _WAITER: Final = attrgetter("fut")
+
+# The batch whose bulk section the current context runs, under max_concurrency: set by its
+# leader when it resumes, and inherited by the tasks that leader starts (gather(),
+# create_task()), so that a call made from a bulk section can be recognised in any task.
+BULK: Final[ContextVar[Batch | None]] = ContextVar("concresce_bulk", default=None)
 
 # The call whose body each task is running, for collect() and scatter(). The wrapper sets
 # the entry for the duration of the body; a nested call of another decorated function in the
@@ -120,27 +126,6 @@ def current_call(what: str) -> Call:
     if call is None:
         raise RuntimeError(outside_message(what))
     return call
-
-
-def refuse_reentry(call: Call) -> None:
-    """Raise a RuntimeError if nested ``call`` would wait for a slot that its own task holds.
-
-    The call was made inside another call in the same task, e.g. a batched function calling
-    itself from its bulk section. Under ``max_concurrency`` its batch could then wait for a
-    slot that only its own leader can free: a deadlock, refused here instead.
-    """
-    batcher = call.batcher
-    loop = running_loop()
-    part = batcher.partitions.get(loop if call.pkey is NO_PARTITION else (loop, call.pkey))
-    if part is not None and part.blocked(call):
-        msg = (
-            f"{batcher.name}: called again from its own bulk section (between collect() and "
-            f"scatter()) while every one of its max_concurrency={batcher.max_concurrency} slots "
-            "is held by a leader waiting for such a call: its batch could never run (a deadlock). "
-            "Make the nested call before collect() or after scatter(), or raise max_concurrency"
-        )
-        raise RuntimeError(msg)
-    call.state = IDLE
 
 
 def calls_of(task: Task[Any]) -> list[Call]:
@@ -338,7 +323,7 @@ class Batcher:
 class Call:
     """One call of a decorated function: its role in a batch and, for a follower, its outcome."""
 
-    __slots__ = ("batch", "batcher", "fut", "item", "outer", "pkey", "slot", "state", "tb", "value", "weight")
+    __slots__ = ("batch", "batcher", "fut", "item", "origin", "outer", "pkey", "slot", "state", "tb", "value", "weight")
 
     # No __init__ (a Python-level one costs a frame on the hot path, once per call): the
     # wrapper sets batcher, pkey and state (and outer, for a NESTED call); the rest is set when
@@ -348,6 +333,7 @@ class Call:
     pkey: Hashable
     state: int
     outer: Call  # NESTED calls only: the call its task was running when this one started
+    origin: Batch | None  # joins checked for re-entrancy only: the bulk section it came from
     item: Any
     batch: Batch
     fut: Waiter
@@ -383,6 +369,7 @@ class Partition:
     def enqueue(self, batch: Batch) -> None:
         """Queue a due ``batch`` for a concurrency slot: every slot is busy."""
         batch.queued = True
+        batch.limit = 0  # from now on every join is checked (admitted(): refuse_deadlock())
         pending = self.pending
         if pending is None:
             pending = self.pending = deque()
@@ -425,23 +412,37 @@ class Partition:
             if fut.get_loop() is loop and not fut.done():
                 fut.set_result(None)
 
-    def blocked(self, call: Call) -> bool:
-        """Whether nested ``call``, joining this partition, would wait for ever for a slot.
+    def refuse_deadlock(self, call: Call) -> None:
+        """Refuse ``call``, just joined while every slot is busy, if its batch could never run.
 
-        It would if every slot is held by a running batch whose leader's task waits, in a
-        nested call, in a batch of this partition not dispatched yet (``call`` counts as
-        waiting): no slot can ever free. Rare (nested calls, every slot busy), so it looks
-        through the table of current calls rather than keeping the running batches.
+        It could not if every running batch's bulk section waits for a call that came from
+        it (in the leader's task or a task the leader started) and waits in a batch of this
+        partition not dispatched yet, ``call`` included: no slot could ever free. The call
+        leaves the batch and fails with a RuntimeError instead of a deadlock.
         """
-        limit = self.batcher.max_concurrency
-        if limit is None or self.running < limit:
-            return False
-        held = 0
-        for inner in list(CALLS.values()):
-            if inner is call or (inner.state == MEMBER and inner.batch.part is self and inner.batch.state != RUNNING):
-                # This task waits for this partition: the slots its outer calls hold are stuck.
-                held += sum(outer.state == LEADING and outer.batch.part is self for outer in calls_of_call(inner)[1:])
-        return held >= limit
+        origin = call.origin = BULK.get()
+        if origin is None or origin.part is not self or origin.state != RUNNING:
+            return  # not called from a bulk section of this partition
+        waiting = [batch for batch in (self.open, *(self.pending or ())) if batch is not None]
+        origins = {
+            id(getattr(member, "origin", None))
+            for batch in waiting
+            for member in batch.members
+            if member.state == MEMBER
+        }
+        running = self.running_batches()
+        if len(running) < (self.batcher.max_concurrency or 0) or any(id(batch) not in origins for batch in running):
+            return
+        call.batch.members.pop()  # it joined last: undo the join
+        call.state = IDLE
+        batcher = self.batcher
+        msg = (
+            f"{batcher.name}: called from its own bulk section (between collect() and scatter(), "
+            f"or in a task started there) while each of its max_concurrency={batcher.max_concurrency} "
+            "slots is held by a bulk section waiting for such a call: its batch could never run (a "
+            "deadlock). Make the call before collect() or after scatter(), or raise max_concurrency"
+        )
+        raise RuntimeError(msg)
 
     def running_batches(self) -> list[Batch]:
         """The batches of this partition that hold a slot, found through their leaders."""
@@ -465,6 +466,7 @@ class Batch:
     """
 
     __slots__ = (
+        "bulk",
         "callers",
         "count",
         "counts",
@@ -516,7 +518,14 @@ class Batch:
         self.handovers = 0
         open_trace = TRACING.open
         self.trace = None if open_trace is None else open_trace(self)
-        if self.counts is not None or self.max_weight is not None or self.trace is not None:
+        self.bulk: Token[Batch | None] | None = None  # the leader's BULK while it runs
+        if (
+            self.counts is not None
+            or self.max_weight is not None
+            or self.trace is not None
+            # Every slot is busy: check each join for re-entrancy (refuse_deadlock()).
+            or (batcher.max_concurrency is not None and not part.has_slot())
+        ):
             self.limit = 0
         else:
             self.limit = sys.maxsize if max_size is None else max_size
@@ -541,6 +550,9 @@ class Batch:
 
     def admitted(self, call: Call) -> None:
         """The slow part of ``call``'s join: count it, and close the batch if it is full."""
+        part = self.part
+        if part.batcher.max_concurrency is not None and not part.has_slot():
+            part.refuse_deadlock(call)
         trace = self.trace
         if trace is not None:
             trace.join()
@@ -704,18 +716,21 @@ class Batch:
         dispatch is left out. With dedupe, equal items share one slot (first arrival wins).
         """
         part = self.part
+        batcher = part.batcher
         if not self.count:
             # The first leader runs: the batch counts. (One whose members all left before
             # that never ran, like a batch discarded while open.)
-            counters = part.batcher.counters
+            counters = batcher.counters
             counters.batches += 1
             counters.flushes[self.reason] += 1
             counters.wait_time.add(self.dispatched - self.opened)
+        if batcher.max_concurrency is not None:
+            self.bulk = BULK.set(self)  # the bulk section runs in this context from now on
         members = self.members
         if (
             self.scan == 1  # the first member leads: no handover, it did not leave
             and not self.departed
-            and not part.batcher.dedupe
+            and not batcher.dedupe
             # The leader's waiter is done; any other done waiter is a member cancelled since.
             # (Every waiter comes from the same loop's create_future(): one type, one done().)
             and sum(map(type(leader.fut).done, map(_WAITER, members))) == 1
@@ -821,6 +836,7 @@ class Batch:
         leader.state = GONE
         self.callers = []
         if resumed:
+            self.end_bulk()
             self.handovers += 1
             self.part.batcher.counters.handovers += 1
             if self.trace is not None:
@@ -838,6 +854,8 @@ class Batch:
         and nothing they raise reaches a caller.
         """
         self.state = DONE
+        if self.bulk is not None:
+            self.end_bulk()
         part = self.part
         batcher = part.batcher
         calls = -1  # the members, if observers want a record
@@ -863,6 +881,16 @@ class Batch:
         part.batch_ended()
         if calls >= 0:
             self.report(outcome, error, duration, calls)
+
+    def end_bulk(self) -> None:
+        """The leader's run ended: its context no longer runs this batch's bulk section."""
+        token = self.bulk
+        if token is not None:
+            self.bulk = None
+            # A coroutine closed by the garbage collector after its loop was closed runs in
+            # another context: there is nothing left to reset then.
+            with contextlib.suppress(ValueError):
+                BULK.reset(token)
 
     def report(self, outcome: Outcome, error: BaseException | None, duration: float, calls: int) -> None:
         """Pass the batch's record to its function's observer and the global observers."""
