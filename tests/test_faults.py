@@ -128,6 +128,37 @@ async def test_a_requested_cancellation_of_the_leader_still_hands_the_batch_over
     assert fetch.stats().handovers == 1
 
 
+@pytest.mark.skipif(not ON_311, reason="Task.cancelling() is new in Python 3.11")
+async def test_a_cancellation_the_bulk_code_turns_into_an_error_of_its_own_still_hands_over():
+    """The leader's task was cancelled, and a driver raised its own error for it: a departure, not a fault."""
+    runs = Recorder()
+    gate = asyncio.Event()
+
+    class QueryCanceledError(Exception):
+        pass
+
+    @batch(max_window=NEVER, max_size=3)
+    async def fetch(x):
+        items = await collect(x)
+        runs.append(list(items))
+        if x == 0:
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                message = "canceling statement due to user request"
+                raise QueryCanceledError(message) from None
+        return scatter([item * 10 for item in items])
+
+    tasks = [asyncio.create_task(fetch(x)) for x in range(3)]
+    await wait_all_tasks_blocked()
+    tasks[0].cancel()
+    ends = await outcomes(*tasks)
+
+    assert type(ends[0][1]) is QueryCanceledError
+    assert ends[1:] == [("returned", 10), ("returned", 20)]
+    assert runs == [[0, 1, 2], [1, 2]]
+
+
 async def test_a_timeout_around_the_leaders_call_hands_the_batch_over(clock):
     """A per-call deadline (wait_for around the call) that expires in the leader's bulk call affects that call only."""
     runs = Recorder()

@@ -226,15 +226,15 @@ def departs(batch: Batch, error: BaseException) -> bool:
     """Whether a leader that raised ``error`` before scatter() leaves its batch (a handover).
 
     It leaves when its task really has a cancellation request (``Task.cancelling()``, 3.11+),
-    or when its coroutine is being closed (``GeneratorExit``: it can never finish). Anything
-    else, a ``CancelledError`` that nobody requested included (a driver's future cancelled
-    by a closing pool), is a fault of the bulk section: it ran once, and every member gets
-    the exception. Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the
-    batch over only if no leader of the batch did so before, so the bulk section runs at
-    most twice.
+    whatever the bulk code made of the ``CancelledError`` (a driver may turn it into an error
+    of its own), or when its coroutine is being closed (``GeneratorExit``: it can never
+    finish). Anything else, a ``CancelledError`` that nobody requested included (a driver's
+    future cancelled by a closing pool), is a fault of the bulk section: it ran once, and
+    every member gets the exception. (A deadline the body opened, ``asyncio.timeout()``,
+    withdraws its request as it turns the cancellation into ``TimeoutError``: a fault.)
+    Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the batch over only
+    if no leader of the batch did so before, so the bulk section runs at most twice.
     """
-    if isinstance(error, Exception):
-        return False
     if isinstance(error, GeneratorExit):
         return True
     if sys.version_info >= (3, 11):
