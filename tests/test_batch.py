@@ -304,11 +304,14 @@ def test_timedelta_windows_are_checked_like_numbers(window, error):
         (lambda: batch(0.05, 100), "@batch(max_window=0.05, max_size=100)"),
         (lambda: batch(0.002, 7), "@batch(max_window=0.002, max_size=7)"),
         (lambda: batch(100), "@batch(max_window=100) for a window of 100 seconds, or @batch(max_size=100)"),
+        (lambda: batch(0.05), "@batch(max_window=0.05) for a window of 0.05 seconds"),
         (
             lambda: batch(window=timedelta(milliseconds=5)),
             "it is called max_window= here: @batch(max_window=datetime.timedelta(microseconds=5000))",
         ),
-        (lambda: batch(window=0.01, max_size=3), "@batch(max_window=0.01)"),
+        (lambda: batch(window=0.01, max_size=3), "@batch(max_window=0.01, max_size=3)"),
+        (lambda: batch(0.05, 100, dedupe=True), "write @batch(max_window=0.05, max_size=100, dedupe=True)"),
+        (lambda: batch(0.05, max_size=7), "write @batch(max_window=0.05, max_size=7)"),
         (lambda: batch(batch_size=50), "it is called max_size= here: @batch(max_size=50)"),
         (lambda: batch(max_windw=1), "did you mean max_window=?"),
         (lambda: batch(colour=1), "its options are: max_window, max_size, group_by"),
@@ -318,8 +321,11 @@ def test_timedelta_windows_are_checked_like_numbers(window, error):
         "0.1.0",
         "0.1.0-other-values",
         "lone-number",
+        "lone-fraction",
         "window",
         "window-and-more",
+        "0.1.0-and-more",
+        "0.1.0-and-a-keyword",
         "batch_size",
         "typo",
         "unknown",
@@ -888,3 +894,11 @@ def test_eager_tasks_one_gather_makes_one_tick_batch():
 
     assert run_virtual(main, eager=True) == [("ok", i) for i in range(8)]
     assert batches == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
+def test_a_lone_fraction_is_not_offered_as_a_batch_size():
+    """@batch(0.05) suggests the window reading only: 0.05 items is no max_size."""
+    with pytest.raises(TypeError) as info:
+        batch(0.05)  # type: ignore[call-overload]
+
+    assert "max_size" not in str(info.value)

@@ -640,7 +640,7 @@ TWO_LEADERS_CANCELLED = [
 ]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the 3.10 rule differs: see the next test")
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in Python 3.11")
 async def test_repeated_leader_cancellations_hand_the_batch_over_each_time():
     """When the next leader is cancelled in its bulk call too, the batch is handed over again, to the one after it."""
     record = Recorder()

@@ -420,7 +420,7 @@ async def test_collect_in_a_task_of_its_own_says_to_put_the_timeout_around_the_c
     assert kind == "raised"
     assert type(error) is RuntimeError
     message = str(error)
-    assert message.startswith("collect() was awaited in a task of its own, not in the task that made the @batch call")
+    assert message.startswith("collect() was awaited in a task of its own, where no @batch call runs")
     assert "asyncio.wait_for(collect(item), timeout) does that on Python 3.10 and 3.11" in message
     assert "asyncio.wait_for(fn(item), timeout)" in message
     assert "outside a call" not in message
@@ -824,3 +824,13 @@ async def test_batched_call_before_collect_does_not_disturb_the_outer_call():
 
     assert results == [1, 11, 21]
     assert record == [("inner bulk", [0, 1, 2]), ("outer bulk", [0, 10, 20])]
+
+
+def test_collect_run_as_a_task_without_any_batch_call_says_where_it_belongs():
+    """asyncio.run(collect(1)): the message does not claim there is a @batch call, and says where collect() goes."""
+    with pytest.raises(RuntimeError) as info:
+        asyncio.run(collect(1))
+
+    message = str(info.value)
+    assert "where no @batch call runs" in message
+    assert "in the body of an `async def` decorated with @batch" in message

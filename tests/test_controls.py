@@ -249,8 +249,10 @@ def test_configure_shows_its_defaults_as_unchanged():
 
     signature = inspect.signature(work.configure)
 
-    assert list(signature.parameters) == ["max_window", "max_size", "max_concurrency", "max_weight", "max_pending"]
-    assert {repr(parameter.default) for parameter in signature.parameters.values()} == {"<unchanged>"}
+    names = ["max_window", "max_size", "max_concurrency", "max_weight", "max_pending", "unknown"]
+    assert list(signature.parameters) == names  # `unknown` only catches other spellings
+    options = list(signature.parameters.values())[:-1]
+    assert {repr(parameter.default) for parameter in options} == {"<unchanged>"}
 
 
 def test_configure_with_no_option_changes_nothing():
@@ -1018,3 +1020,24 @@ def test_overloaded_error_survives_pickling():
 
     assert type(copy) is OverloadedError
     assert (copy.function, copy.limit, str(copy)) == ("fetch", 8, str(error))
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"window": 0.1}, "configure() has no option window=; it is called max_window= here"),
+        ({"max_windw": 0.1}, "did you mean max_window=?"),
+        ({"dedupe": True}, "its options are: max_window, max_size, max_concurrency, max_weight, max_pending"),
+    ],
+    ids=["other-release", "typo", "not-configurable"],
+)
+def test_configure_with_an_option_it_does_not_have_names_the_one_meant(options, words):
+    """configure(window=...) and typos are a TypeError naming the option, and nothing changes."""
+    echo = make_echo(max_window=0.5)
+
+    with pytest.raises(TypeError) as info:
+        echo.configure(**options)
+
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"{echo.__qualname__}.configure()")
+    assert batcher_of(echo).max_window == 0.5

@@ -276,7 +276,7 @@ def test_the_parser_finds_blocks_outputs_markers_and_includes() -> None:
     ("page", "install", "first_use"),
     [
         ("operating.md", "pip install prometheus-client", "from prometheus_client import"),
-        ("operating.md", "pip install 'concresce-inline[otel]' opentelemetry-sdk", "from opentelemetry.sdk"),
+        ("operating.md", "pip install opentelemetry-api opentelemetry-sdk", "from opentelemetry.sdk"),
         ("scaling.md", "uv run --group ray python examples/ray_serve_app.py", "uv run --group ray pytest"),
     ],
 )

@@ -89,7 +89,7 @@ async def test_an_unrequested_cancelled_error_is_a_fault_and_the_bulk_section_ru
     assert partitions_of(fetch) == {}
 
 
-@pytest.mark.skipif(ON_311, reason="the Python 3.10 rule: Task.cancelling() does not exist there")
+@pytest.mark.skipif(ON_311, reason="the Python 3.10 rule (no Task.cancelling())")
 async def test_on_310_an_unrequested_cancelled_error_hands_over_once_then_is_a_fault():
     """Without Task.cancelling(), a CancelledError hands the batch over on the first run only: two runs at most."""
     runs = Recorder()

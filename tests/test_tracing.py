@@ -349,7 +349,7 @@ async def test_nothing_is_traced_until_tracing_is_enabled():
 def test_enable_tracing_without_opentelemetry_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
 
-    with pytest.raises(ImportError, match=r"pip install .concresce-inline\[otel\].") as info:
+    with pytest.raises(ImportError, match=r"pip install opentelemetry-api \(the `otel` extra of concresce") as info:
         enable_tracing()
 
     assert isinstance(info.value.__cause__, ImportError)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from numbers import Real
@@ -10,7 +9,15 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _closed_loops  # noqa: F401 # pyright: ignore[reportUnusedImport] -- installs the sweep of closed loops
 from ._controls import Batched, Controls
-from ._options import check_callable, check_flag, check_limit, check_weight_limit, check_window
+from ._options import (
+    RENAMED,
+    check_callable,
+    check_flag,
+    check_limit,
+    check_weight_limit,
+    check_window,
+    unknown_option,
+)
 from ._state import Batcher
 from ._wrapper import instance_key, make_wrapper
 
@@ -114,10 +121,24 @@ def batch(
 
     Added in version 0.3.
     """
-    if misplaced or unknown:
+    if misplaced or unknown or isinstance(fn, Real):
         # Options are keyword-only (the overloads say so to type checkers). These parameters
-        # exist only to answer the spellings of other releases with the exact fix.
-        raise TypeError(_misspelled(fn, misplaced, unknown))
+        # exist only to answer the spellings of other releases with the exact fix, keeping
+        # the options that were given by keyword.
+        options: dict[str, object] = {
+            "max_window": max_window,
+            "max_size": max_size,
+            "group_by": group_by,
+            "dedupe": dedupe,
+            "max_concurrency": max_concurrency,
+            "weight": weight,
+            "max_weight": max_weight,
+            "max_pending": max_pending,
+            "observer": observer,
+        }
+        keywords = {name: value for name, value in options.items() if value is not _DEFAULTS[name]}
+        if misplaced or unknown or keywords:
+            raise TypeError(_misspelled(fn, misplaced, unknown, keywords))
     weigh = check_callable("weight", weight)
     budget = check_weight_limit(max_weight)
     if (weigh is None) != (budget is None):
@@ -266,11 +287,11 @@ def _check_function(fn: object) -> None:
     elif inspect.isfunction(fn) or inspect.ismethod(fn):
         what = f"a plain (not async) function {fn!r}"
     elif isinstance(fn, Real):
-        # Which option a lone number meant is a guess: show both readings.
-        what = (
-            f"{fn!r}; options are keyword-only: @batch(max_window={fn!r}) for a window of {fn!r} "
-            f"seconds, or @batch(max_size={fn!r}) for batches of {fn!r} items"
-        )
+        # Which option a lone number meant is a guess: show the readings that are valid.
+        what = f"{fn!r}; options are keyword-only: @batch(max_window={fn!r}) for a window of {fn!r} seconds"
+        size = float(fn)
+        if size.is_integer() and size >= 1:
+            what += f", or @batch(max_size={size:.0f}) for batches of {size:.0f} items"
     else:
         what = f"{fn!r} of type {kind}"
     msg = f"@batch needs an `async def` function, got {what}"
@@ -289,28 +310,38 @@ _OPTIONS: Final = (
     "max_pending",
     "observer",
 )
+#: Each option's default, to tell which options a call of ``batch()`` passed.
+_DEFAULTS: Final[dict[str, object]] = {name: inspect.signature(batch).parameters[name].default for name in _OPTIONS}
 #: The options concresce 0.1.0 took by position, in that order: ``@batch(0.05, 100)``.
 _POSITIONAL_0_1: Final = ("max_window", "max_size")
 #: Keywords of other releases and what they are here (1.x to 5.x: ``window=timedelta(...)``).
-_RENAMED: Final = {"window": "max_window", "size": "max_size", "batch_size": "max_size"}
 
 
-def _misspelled(fn: object, misplaced: tuple[object, ...], unknown: dict[str, object]) -> str:
-    """The message for options given by position or under a name ``batch()`` does not have."""
+def _spelled(options: dict[str, object]) -> str:
+    """``@batch(...)`` with these keyword options, in the order of the signature."""
+    return ", ".join(f"{name}={options[name]!r}" for name in _OPTIONS if name in options)
+
+
+def _misspelled(fn: object, misplaced: tuple[object, ...], unknown: dict[str, object], given: dict[str, object]) -> str:
+    """The message for options given by position or under a name ``batch()`` does not have.
+
+    ``given`` holds the options passed by keyword (those not at their default): the fix it
+    suggests keeps them.
+    """
     if unknown:
         name, value = next(iter(unknown.items()))
-        option = _RENAMED.get(name)
+        option = RENAMED.get(name)
         if option is not None:
+            fixed = _spelled({**given, option: value})
             return (
-                f"@batch has no option {name}=; it is called {option}= here: @batch({option}={value!r}) "
+                f"@batch has no option {name}=; it is called {option}= here: @batch({fixed}) "
                 "(max_window takes seconds or a datetime.timedelta). Coming from concresce 1.x-5.x? "
                 "The leader must also route its results: `return scatter(results)`, not `return results`"
             )
-        close = difflib.get_close_matches(name, _OPTIONS, n=1)
-        hint = f"did you mean {close[0]}=? " if close else ""
-        return f"@batch got an unexpected option {name}=; {hint}its options are: {', '.join(_OPTIONS)}"
-    given = (fn, *misplaced)
-    if len(given) <= len(_POSITIONAL_0_1):
-        spelled = ", ".join(f"{option}={value!r}" for option, value in zip(_POSITIONAL_0_1, given, strict=False))
-        return f"@batch takes its options by keyword only: write @batch({spelled}) (0.1.0 took them by position)"
-    return f"@batch takes its options by keyword only ({', '.join(_OPTIONS)}); got {len(given)} positional arguments"
+        return unknown_option("@batch", name, _OPTIONS)
+    positional = (fn, *misplaced)
+    if len(positional) <= len(_POSITIONAL_0_1):
+        fixed = _spelled({**dict(zip(_POSITIONAL_0_1, positional, strict=False)), **given})
+        return f"@batch takes its options by keyword only: write @batch({fixed}) (0.1.0 took them by position)"
+    count = len(positional)
+    return f"@batch takes its options by keyword only ({', '.join(_OPTIONS)}); got {count} positional arguments"

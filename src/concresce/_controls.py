@@ -12,7 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final, overload
 
 from ._loop import current_task, running_loop
-from ._options import check_limit, check_weight_limit, check_window
+from ._options import check_limit, check_weight_limit, check_window, unknown_option
 from ._state import DONE, Batcher, Partition, calls_of
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ class _Unset:
 
 
 UNSET: Final = _Unset()
+
+#: What configure() can change.
+_CONFIGURABLE: Final = ("max_window", "max_size", "max_concurrency", "max_weight", "max_pending")
 
 
 # R is invariant: it appears in __get__'s self types, where mypy refuses a covariant one.
@@ -144,6 +147,7 @@ class Controls:
         max_concurrency: int | _Unset | None = UNSET,
         max_weight: float | _Unset | None = UNSET,
         max_pending: int | _Unset | None = UNSET,
+        **unknown: object,
     ) -> None:
         """Change batching options at run time, validated like ``@batch``'s.
 
@@ -159,15 +163,20 @@ class Controls:
             max_concurrency: Batches of one partition in flight at most, or ``None``.
             max_weight: The weight budget of a batch, or ``None`` (needs ``weight=``).
             max_pending: Calls of one partition waiting at most, or ``None``.
+            **unknown: Not options: a keyword ``configure()`` does not have (``window=`` of
+                other releases, a typo) is a ``TypeError`` naming the option meant.
 
         Raises:
-            TypeError: An option has the wrong type (nothing is changed).
+            TypeError: An option has the wrong type, or is not an option of ``configure()``
+                (nothing is changed).
             ValueError: An option is out of range, or ``max_weight`` is set on a function
                 decorated without ``weight=`` (nothing is changed).
 
         Added in version 0.3.
         """
         batcher = self.batcher
+        if unknown:  # the keyword of another release (window=), or a typo
+            raise TypeError(unknown_option(f"{batcher.name}.configure()", next(iter(unknown)), _CONFIGURABLE))
         # Validate everything before changing anything.
         window = batcher.max_window if isinstance(max_window, _Unset) else check_window(max_window)
         size = batcher.max_size if isinstance(max_size, _Unset) else check_limit("max_size", max_size)

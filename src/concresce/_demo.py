@@ -321,7 +321,10 @@ def _demo(n: int, max_size: int, max_window: float) -> int:
             f"Table of {_TABLE_ROWS} users; ids above {_TABLE_ROWS} are absent (expected: None).",
             f"Each query runs on one of {_WORKERS} worker threads (a connection each) and first",
             f"sleeps {latency_ms:g} ms to stand in for a database round trip.",
-            f"The batched strategies send one `WHERE id IN (...)` query per batch of at most {max_size} ids{split}.",
+            (
+                "The batched strategies send one `WHERE id IN (...)` query per batch of at most "
+                f"{max_size} {_ids(max_size)}{split}."
+            ),
             "batches: bulk calls made by a batch's leader; queries: statements the database received.",
         ],
         outcomes,
@@ -360,7 +363,10 @@ def _demo_postgres(asyncpg: ModuleType, dsn: str, n: int, max_size: int, max_win
             f"Table of {_TABLE_ROWS} users, created for the demo in PostgreSQL {version} and dropped",
             f"afterwards; ids above {_TABLE_ROWS} are absent (expected: None).",
             f"Each query is a real round trip through an asyncpg pool of {_WORKERS} connections.",
-            f"The batched strategies send one `WHERE id = ANY($1)` query per batch of at most {max_size} ids.",
+            (
+                "The batched strategies send one `WHERE id = ANY($1)` query per batch of at most "
+                f"{max_size} {_ids(max_size)}."
+            ),
             "batches: bulk calls made by a batch's leader; queries: statements the database received.",
         ],
         outcomes,
@@ -492,3 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         usage_error: Callable[[str], NoReturn] = args.usage_error
         usage_error("--postgres needs the asyncpg driver, which is not installed: pip install asyncpg")
     return _demo_postgres(asyncpg, dsn, n, max_size, max_window)
+
+
+def _ids(count: int) -> str:
+    """``id`` or ``ids``, for a count of them."""
+    return "id" if count == 1 else "ids"

@@ -5,15 +5,24 @@ Every check names the option and what was given, and returns the normalised valu
 
 from __future__ import annotations
 
+import difflib
 import math
 from datetime import timedelta
 from numbers import Real
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["check_callable", "check_flag", "check_limit", "check_weight_limit", "check_window"]
+__all__ = [
+    "RENAMED",
+    "check_callable",
+    "check_flag",
+    "check_limit",
+    "check_weight_limit",
+    "check_window",
+    "unknown_option",
+]
 
 
 def check_window(value: object) -> float:
@@ -68,3 +77,17 @@ def check_flag(name: str, value: object) -> bool:
         msg = f"{name} must be True or False, got {value!r}"
         raise TypeError(msg)
     return value
+
+
+#: Keywords of other releases and what they are here (1.x to 5.x: ``window=timedelta(...)``).
+RENAMED: Final = {"window": "max_window", "size": "max_size", "batch_size": "max_size"}
+
+
+def unknown_option(where: str, name: str, options: tuple[str, ...]) -> str:
+    """The message for an option ``where`` does not have: its name here, or the closest one."""
+    option = RENAMED.get(name)
+    if option in options:
+        return f"{where} has no option {name}=; it is called {option}= here"
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"did you mean {close[0]}=? " if close else ""
+    return f"{where} got an unexpected option {name}=; {hint}its options are: {', '.join(options)}"

@@ -47,7 +47,10 @@ def enable_tracing(tracer_provider: Any = None) -> None:
     try:
         from opentelemetry import trace  # noqa: PLC0415 -- imported only when tracing is wanted
     except ImportError as error:
-        msg = "concresce: tracing needs the OpenTelemetry API; install it with: pip install 'concresce-inline[otel]'"
+        msg = (
+            "concresce: tracing needs the OpenTelemetry API; install it with: pip install opentelemetry-api "
+            "(the `otel` extra of concresce-inline brings it) and, to record spans, opentelemetry-sdk"
+        )
         raise ImportError(msg) from error
     api = _Api(trace, trace.get_tracer("concresce", tracer_provider=tracer_provider))
 

@@ -220,10 +220,11 @@ def outside_message(what: str) -> str:
     """Explain that ``what`` was used outside a call of a decorated function."""
     if _collect_is_a_task():
         return (
-            f"{what} was awaited in a task of its own, not in the task that made the @batch call: "
+            f"{what} was awaited in a task of its own, where no @batch call runs: "
             "asyncio.wait_for(collect(item), timeout) does that on Python 3.10 and 3.11, as do "
             "create_task(), ensure_future() and gather(). Await collect(item) directly in the "
-            "body, and put the time-out around the whole call: asyncio.wait_for(fn(item), timeout)"
+            "body of an `async def` decorated with @batch, in the task that made the call, and put "
+            "a time-out around the whole call: asyncio.wait_for(fn(item), timeout)"
         )
     return (
         f"{what} was used outside a call of a @batch function: await collect(item) in the body "

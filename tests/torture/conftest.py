@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from tests.torture.harness import TOTALS
@@ -11,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not TOTALS:
+    # The default short run (part of `uv run pytest`) stays quiet; a sized run reports.
+    if not TOTALS or "CONCRESCE_TORTURE_CALLS" not in os.environ:
         return
     terminalreporter.section("concresce torture run")
     for mode, totals in sorted(TOTALS.items()):
