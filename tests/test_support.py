@@ -72,7 +72,8 @@ async def test_gather_of_sleeps_returns_in_order(backend_id: str) -> None:
     if backend_id in VIRTUAL_CLOCK_BACKENDS:
         assert elapsed == 0.03
     else:
-        assert 0.03 <= elapsed < 5
+        # uvloop's timers have a resolution of 1 ms (libuv), and loop.time() is a float of its own.
+        assert 0.028 <= elapsed < 5
 
 
 @pytest.mark.virtual_clock

@@ -8,7 +8,7 @@ minimized), so that it can be replayed and turned into a deterministic test.
 The size of the run comes from the environment:
 
 * ``CONCRESCE_TORTURE_CALLS``: the number of calls over all the tests of this file
-  (default 6000: a few seconds, part of ``uv run pytest``). CI runs 100000 (``.ci/run``);
+  (default 3000: a second or two, part of ``uv run pytest``). CI runs 100000 (``.ci/run``);
   the long run is 1000000 or more::
 
       CONCRESCE_TORTURE_CALLS=1000000 uv run pytest tests/torture -p no:randomly
@@ -29,7 +29,7 @@ from tests.torture.harness import Failure, run_one, torture
 from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
 
 #: Calls over the whole file, and the seed.
-CALLS = int(os.environ.get("CONCRESCE_TORTURE_CALLS", "6000"))
+CALLS = int(os.environ.get("CONCRESCE_TORTURE_CALLS", "3000"))
 SEED = os.environ.get("CONCRESCE_TORTURE_SEED", "concresce")
 
 EAGER = sys.version_info >= (3, 12)
