@@ -61,8 +61,8 @@ BATCHERS: Final[WeakSet[Batcher]] = WeakSet()
 
 # Call states. A call moves IDLE -> MEMBER -> (LEADING -> SCATTERED | RESUMED | FAILED),
 # or to GONE when it leaves (cancelled, or a leader that aborted and handed over). A call
-# made inside another call in the same task starts NESTED instead of IDLE, so that its
-# collect() takes the slow path that checks for re-entrancy (``join_nested()``).
+# made inside another call in the same task starts NESTED instead of IDLE and keeps the call
+# it interrupted (``outer``), so that the calls a task runs can be listed (``calls_of()``).
 IDLE: Final[int] = 0  # running its body, has not awaited collect()
 MEMBER: Final[int] = 1  # suspended in collect(), in an open or dispatched batch
 LEADING: Final[int] = 2  # chosen as the leader; collect() returns (or returned) the items

@@ -50,7 +50,7 @@ async def wrapper({parameters}):
     if outer is None:
         call.state = IDLE
     else:
-        call.state = NESTED  # its collect() checks that it cannot wait for its own slot
+        call.state = NESTED  # drain() must see every call of its task (calls_of())
         call.outer = outer
     CALLS[task] = call
     try:
