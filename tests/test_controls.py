@@ -1041,3 +1041,16 @@ def test_configure_with_an_option_it_does_not_have_names_the_one_meant(options, 
     assert words in str(info.value)
     assert str(info.value).startswith(f"{echo.__qualname__}.configure()")
     assert batcher_of(echo).max_window == 0.5
+
+
+async def test_drain_waits_for_a_member_cancelled_in_the_turn_it_was_called(clock):
+    """The flush ends a batch whose only member was just cancelled: drain() still waits for it to leave."""
+    echo = make_echo(max_window=NEVER)
+    task = asyncio.create_task(echo(1))
+    await wait_all_tasks_blocked()
+
+    task.cancel()  # its task has not run yet: it is still a member
+    await echo.drain()
+
+    assert task.cancelled()
+    assert echo.stats().cancellations == 1

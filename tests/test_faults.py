@@ -29,6 +29,7 @@ from tests.support import (
 
 from concresce import batch, collect, scatter
 from concresce._closed_loops import sweep_closed_loops
+from concresce._state import OUTER
 
 pytestmark = pytest.mark.anyio
 
@@ -946,3 +947,31 @@ async def test_a_group_key_whose_repr_raises_a_base_exception_neither_fails_nor_
     assert await asyncio.wait_for(fetch(4), 5) == 40
     assert seen == ["<CancellingRepr key, repr() raised CancelledError>"] * 3
     assert partitions_of(fetch) == {}
+
+
+async def test_calls_nested_two_deep_in_one_task_batch_unwind_and_are_seen_by_drain():
+    """a() calls b() calls c() in one task: each batches; drain() of the outermost from inside is refused."""
+    refused = Recorder()
+
+    @batch
+    async def c(x):
+        try:
+            await a.drain()
+        except RuntimeError as error:
+            refused.append("inside a call of the same function" in str(error))
+        items = await collect(x)
+        return scatter([item + 1 for item in items])
+
+    @batch
+    async def b(x):
+        items = await collect(await c(x))
+        return scatter(items)
+
+    @batch
+    async def a(x):
+        items = await collect(await b(x))
+        return scatter(items)
+
+    assert await asyncio.gather(a(1), a(2)) == [2, 3]
+    assert refused == [True, True]
+    assert OUTER == {}

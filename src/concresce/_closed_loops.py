@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 from typing import Any, Final
 
-from ._state import BATCHERS, CALLS
+from ._state import BATCHERS, CALLS, OUTER
 
 __all__ = ["sweep_closed_loops"]
 
@@ -30,6 +30,7 @@ def sweep_closed_loops() -> None:
     for task in list(CALLS):
         if task.get_loop().is_closed():
             CALLS.pop(task, None)
+            OUTER.pop(task, None)
     for batcher in list(BATCHERS):
         partitions = batcher.partitions
         for key, part in list(partitions.items()):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, 
 
 from ._loop import current_task, running_loop
 from ._options import check_limit, check_weight_limit, check_window, unknown_option
-from ._state import DONE, Batcher, Partition, calls_of
+from ._state import DONE, MEMBER, Batcher, Partition, calls_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -243,10 +243,16 @@ class Controls:
                 "for its own batch forever (drain from outside, e.g. at shutdown)"
             )
             raise RuntimeError(msg)
-        self.flush()  # now every batch of this loop is queued for a slot or running
         parts = [part for part in list(batcher.partitions.values()) if part.loop is loop]
+        # Every batch of this loop, and its members, before the flush: a flushed batch whose
+        # members were all cancelled in this loop turn ends at once, and so leaves no trace.
         batches = [batch for part in parts for batch in (*part.running_batches(), *(part.pending or ()))]
-        while any(batch.state != DONE for batch in batches):
+        batches += [part.open for part in parts if part.open is not None and not part.open.queued]
+        members = [call for batch in batches for call in batch.members]
+        self.flush()  # now every batch of this loop is queued for a slot, running or ended
+        # A member cancelled just before its batch was dispatched or ended is skipped by it,
+        # and leaves collect() when its task next runs: wait for that too.
+        while any(batch.state != DONE for batch in batches) or any(call.state == MEMBER for call in members):
             fut = loop.create_future()
             batcher.drainers.append(fut)
             try:

@@ -56,6 +56,11 @@ CALLS: Final[dict[Task[Any], Call]] = {}
 # call (it skips its method-call optimisation for imported names), about 400 instructions.
 call_of: Final = CALLS.get
 
+# The calls each task interrupted to make a nested call (CALLS holds the innermost one),
+# outermost first; only tasks running nested calls have an entry. Kept here rather than on
+# the Call: a slot more on every call costs about 80 instructions per call (its size).
+OUTER: Final[dict[Task[Any], list[Call]]] = {}
+
 # Every decorated function's Batcher, for _closed_loops.py; weak: a function may go away.
 BATCHERS: Final[WeakSet[Batcher]] = WeakSet()
 
@@ -131,16 +136,20 @@ def current_call(what: str) -> Call:
 def calls_of(task: Task[Any]) -> list[Call]:
     """The calls ``task`` is running, innermost first."""
     call = CALLS.get(task)
-    return [] if call is None else calls_of_call(call)
+    return [] if call is None else [call, *reversed(OUTER.get(task, ()))]
 
 
-def calls_of_call(call: Call) -> list[Call]:
-    """``call`` and the calls its task was running when it started, innermost first."""
-    calls = [call]
-    while (outer := getattr(call, "outer", None)) is not None:
-        calls.append(outer)
-        call = outer
-    return calls
+def nest(task: Task[Any], outer: Call) -> None:
+    """``task`` starts a call inside ``outer``: keep ``outer`` for calls_of()."""
+    OUTER.setdefault(task, []).append(outer)
+
+
+def unnest(task: Task[Any]) -> None:
+    """``task`` returns to the call it interrupted."""
+    stack = OUTER[task]
+    stack.pop()
+    if not stack:
+        del OUTER[task]
 
 
 def routed_error(call: Call) -> BaseException:
@@ -324,17 +333,15 @@ class Batcher:
 class Call:
     """One call of a decorated function: its role in a batch and, for a follower, its outcome."""
 
-    __slots__ = ("batch", "batcher", "fut", "item", "origin", "outer", "pkey", "slot", "state", "tb", "value", "weight")
+    __slots__ = ("batch", "batcher", "fut", "item", "pkey", "slot", "state", "tb", "value", "weight")
 
     # No __init__ (a Python-level one costs a frame on the hot path, once per call): the
-    # wrapper sets batcher, pkey and state (and outer, for a NESTED call); the rest is set when
-    # the call joins a batch (item, batch, fut), when its leader resumes (slot) or when a result
-    # is routed to it (value, tb), and read only after that.
+    # wrapper sets batcher, pkey and state; the rest is set when the call joins a batch (item,
+    # batch, fut), when its leader resumes (slot) or when a result is routed to it (value, tb),
+    # and read only after that.
     batcher: Batcher
     pkey: Hashable
     state: int
-    outer: Call  # NESTED calls only: the call its task was running when this one started
-    origin: Batch | None  # joins checked for re-entrancy only: the bulk section it came from
     item: Any
     batch: Batch
     fut: Waiter
@@ -421,20 +428,26 @@ class Partition:
         partition not dispatched yet, ``call`` included: no slot could ever free. The call
         leaves the batch and fails with a RuntimeError instead of a deadlock.
         """
-        origin = call.origin = BULK.get()
+        origin = BULK.get()
+        joined = call.batch
+        sources = joined.origins
+        if sources is None:
+            sources = joined.origins = {}
+        sources[call] = origin
         if origin is None or origin.part is not self or origin.state != RUNNING:
             return  # not called from a bulk section of this partition
         waiting = [batch for batch in (self.open, *(self.pending or ())) if batch is not None]
         origins = {
-            id(getattr(member, "origin", None))
+            id(source)
             for batch in waiting
-            for member in batch.members
+            for member, source in (batch.origins or {}).items()
             if member.state == MEMBER
         }
         running = self.running_batches()
         if len(running) < (self.batcher.max_concurrency or 0) or any(id(batch) not in origins for batch in running):
             return
-        call.batch.members.pop()  # it joined last: undo the join
+        joined.members.pop()  # it joined last: undo the join
+        del sources[call]
         call.state = IDLE
         batcher = self.batcher
         msg = (
@@ -450,8 +463,8 @@ class Partition:
         return list(
             {
                 call.batch: None
-                for inner in list(CALLS.values())
-                for call in calls_of_call(inner)
+                for task in list(CALLS)
+                for call in calls_of(task)
                 if call.state == LEADING and call.batch.part is self
             }
         )
@@ -482,6 +495,7 @@ class Batch:
         "max_weight",
         "members",
         "opened",
+        "origins",
         "part",
         "queued",
         "reason",
@@ -520,6 +534,8 @@ class Batch:
         open_trace = TRACING.open
         self.trace = None if open_trace is None else open_trace(self)
         self.bulk: Token[Batch | None] | None = None  # the leader's BULK while it runs
+        # While every slot is busy: the bulk section each member was called from (or None).
+        self.origins: dict[Call, Batch | None] | None = None
         if (
             self.counts is not None
             or self.max_weight is not None
@@ -606,11 +622,14 @@ class Batch:
         state = call.state
         call.state = GONE
         call.value = call.tb = None  # a routed result, if any, is dropped
-        if self.part.loop.is_closed():
+        part = self.part
+        if part.loop.is_closed():
             # The coroutine is being closed after its loop was closed by hand: nothing can run
             # any more, so nobody is woken (the loop would refuse it).
             return
-        self.part.batcher.counters.cancellations += 1
+        part.batcher.counters.cancellations += 1
+        if state == MEMBER and self.state == DONE and part.batcher.drainers:
+            part.wake_drainers()  # its batch ended without it: drain() waits for it to leave
         if state == MEMBER:
             if self.state in (OPEN, CLOSED):
                 self.leave_open(call)

@@ -18,7 +18,21 @@ from asyncio import CancelledError
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._loop import current_task
-from ._state import CALLS, IDLE, LEADING, NESTED, NO_PARTITION, RESUMED, SCATTERED, Batch, Batcher, Call, Resume
+from ._state import (
+    CALLS,
+    IDLE,
+    LEADING,
+    NESTED,
+    NO_PARTITION,
+    RESUMED,
+    SCATTERED,
+    Batch,
+    Batcher,
+    Call,
+    Resume,
+    nest,
+    unnest,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
@@ -50,8 +64,8 @@ async def wrapper({parameters}):
     if outer is None:
         call.state = IDLE
     else:
-        call.state = NESTED  # drain() must see every call of its task (calls_of())
-        call.outer = outer
+        call.state = NESTED
+        nest(task, outer)  # drain() and the re-entrancy check see every call of the task
     CALLS[task] = call
     try:
         result = await fn({arguments})
@@ -77,6 +91,7 @@ async def wrapper({parameters}):
                 pass
         elif CALLS.get(task) is call:
             CALLS[task] = outer
+            unnest(task)
         # This frame may live on in a traceback that the task itself holds: no cycle.
         del task, outer
     return result
@@ -86,7 +101,7 @@ async def wrapper({parameters}):
 _RESERVED: Final = frozenset({
     "BaseException", "CALLS", "Call", "IDLE", "KeyError", "NESTED", "NO_PARTITION", "Resume", "RuntimeError",
     "SCATTERED", "args", "batcher", "call", "current_task", "ended_by_error", "ended_by_return", "fn",
-    "instance_key", "kwargs", "outer", "partition", "result", "task", "wrapper",
+    "instance_key", "kwargs", "nest", "outer", "partition", "result", "task", "unnest", "wrapper",
 })  # fmt: skip
 
 
@@ -125,6 +140,8 @@ def make_wrapper(
         "Call": Call,
         "IDLE": IDLE,
         "NESTED": NESTED,
+        "nest": nest,
+        "unnest": unnest,
         "Resume": Resume,
         "current_task": current_task,
         "ended_by_error": ended_by_error,
