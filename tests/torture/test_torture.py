@@ -15,8 +15,8 @@ The size of the run comes from the environment:
 
 * ``CONCRESCE_TORTURE_SEED``: the seed (default ``concresce``; any string).
 
-The totals (calls, schedules, hangs, misroutes, leaks) are printed at the end of the
-pytest run. See docs/torture.md.
+With ``CONCRESCE_TORTURE_CALLS`` set, the totals (calls, schedules, hangs, misroutes, leaks)
+are printed at the end of the pytest run. See docs/torture.md.
 """
 
 from __future__ import annotations
