@@ -449,6 +449,8 @@ class Partition:
         joined.members.pop()  # it joined last: undo the join
         del sources[call]
         call.state = IDLE
+        if not joined.live():
+            joined.discard()  # it opened the batch: nothing is left to run
         batcher = self.batcher
         msg = (
             f"{batcher.name}: called from its own bulk section (between collect() and scatter(), "
