@@ -984,3 +984,26 @@ async def test_calls_nested_two_deep_in_one_task_batch_unwind_and_are_seen_by_dr
     assert await asyncio.gather(a(1), a(2)) == [2, 3]
     assert refused == [True, True]
     assert OUTER == {}
+
+
+async def test_a_refused_call_leaves_the_other_members_of_its_batch_waiting():
+    """The re-entrant call is refused; an unrelated call waiting in the same batch runs once the slot frees."""
+    gate = asyncio.Event()
+
+    @batch(max_concurrency=1)
+    async def load(x):
+        items = await collect(x)
+        if x == 0:
+            await gate.wait()
+            await load(2)  # joins the batch where load(1) waits: refused
+        return scatter(items)
+
+    leader = asyncio.create_task(load(0))
+    await wait_all_tasks_blocked()
+    other = asyncio.create_task(load(1))  # waits for the slot in the next batch
+    await wait_all_tasks_blocked()
+    gate.set()
+
+    with pytest.raises(RuntimeError, match="called from its own bulk section"):
+        await asyncio.wait_for(leader, 5)
+    assert await asyncio.wait_for(other, 5) == 1
