@@ -483,23 +483,6 @@ async def test_scatter_in_a_follower_that_caught_its_error_raises():
     assert str(error) == f"{work.__qualname__}: scatter() can only be called by the leader of a batch"
 
 
-async def test_collect_in_a_task_started_by_the_call_raises():
-    """collect() awaited in a task the call created, rather than in the call's own task, is a RuntimeError."""
-
-    @batch
-    async def work(x):
-        items = await asyncio.create_task(collect(x))
-        return scatter(items)
-
-    outs = await outcomes(work(1))
-
-    [(kind, error)] = outs
-    assert kind == "raised"
-    assert type(error) is RuntimeError
-    assert "collect()" in str(error)
-    assert "task" in str(error)
-
-
 async def test_collect_under_wait_for_depends_on_whether_wait_for_starts_a_task():
     """wait_for(collect(x)) works on 3.12+, where it stays in the task; on 3.10/3.11 it is a RuntimeError."""
 
