@@ -461,15 +461,16 @@ class Partition:
         raise RuntimeError(msg)
 
     def running_batches(self) -> list[Batch]:
-        """The batches of this partition that hold a slot, found through their leaders."""
-        return list(
-            {
-                call.batch: None
-                for task in list(CALLS)
-                for call in calls_of(task)
-                if call.state == LEADING and call.batch.part is self
-            }
-        )
+        """The batches of this partition that hold a slot, found through their leaders.
+
+        A running batch has exactly one LEADING member (the chosen or running leader).
+        """
+        return [
+            call.batch
+            for task in list(CALLS)
+            for call in calls_of(task)
+            if call.state == LEADING and call.batch.part is self
+        ]
 
 
 @final
