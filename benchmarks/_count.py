@@ -1,11 +1,14 @@
 """One measured run for ``instructions.py``, in a process of its own under callgrind.
 
-``python _count.py SYSTEM CASE CALLS [--path DIR]`` builds the system's ``f`` (see
-``_systems.py``), warms it up, pauses the garbage collector and then makes CALLS calls the
+``python _count.py SYSTEM CASE CALLS [--path DIR] [--runtime trio]`` builds the system's ``f``
+(see ``_systems.py``), warms it up, pauses the garbage collector and then makes CALLS calls the
 way CASE says: ``batches`` gathers CALLS caller tasks at once (batches of 100, tick flush),
 ``lone`` awaits CALLS lone calls one after the other (N = 1: every call is a batch of its
 own). With CALLS = 0 it does everything but the measured calls: ``instructions.py`` subtracts
 that run's count, so what is left is the cost of the calls alone.
+
+``--runtime trio`` makes the callers trio tasks, started in a nursery, all in one ``trio.run``
+(for the systems that run on trio: ``floor`` is then the trio floor, ``_trio_floor.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import asyncio
 import gc
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _systems import BackendStats, load_factory, make_backend
+
+if TYPE_CHECKING:
+    from _systems import Factory
 
 WARM_UP = 300  # calls before the measured ones: imports, caches and specialisation settle
 
@@ -30,10 +37,13 @@ def main() -> int:
     parser.add_argument("case", choices=("batches", "lone"))
     parser.add_argument("calls", type=int)
     parser.add_argument("--path", help="directory to import the system from, ahead of everything else")
+    parser.add_argument("--runtime", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args()
     if args.path:
         sys.path.insert(0, args.path)
     make, _ = load_factory(args.system)
+    if args.runtime == "trio":
+        return 0 if on_trio(make, args.case, args.calls) else 1
     loop = asyncio.new_event_loop()
     loop.set_debug(False)
     f = make(loop, make_backend(BackendStats()), 100, 0.0)
@@ -59,6 +69,45 @@ def main() -> int:
         ok &= loop.run_until_complete(run(args.calls))
     loop.close()
     return 0 if ok else 1
+
+
+def on_trio(make: Factory, case: str, calls: int) -> bool:
+    """``main()`` with trio tasks as the callers; whether every result was right."""
+    import trio  # noqa: PLC0415 -- only for --runtime trio
+
+    f = make(None, make_backend(BackendStats()), 100, 0.0)
+
+    # A nursery task returns nothing: the caller stores its result at ``slot``.
+    async def caller(i: int, results: list[int], slot: int) -> None:
+        results[slot] = await f(i)
+
+    async def batches(n: int) -> bool:
+        results = [-1] * n
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(caller, i, results, i)
+        return results == [i * 2 for i in range(n)]
+
+    async def lone(n: int) -> bool:
+        ok = True
+        for i in range(n):
+            results = [-1]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller, i, results, 0)
+            ok &= results == [i * 2]
+        return ok
+
+    run = batches if case == "batches" else lone
+
+    async def measured() -> bool:
+        ok = await run(WARM_UP)
+        gc.collect()
+        gc.disable()
+        if calls:
+            ok &= await run(calls)
+        return ok
+
+    return trio.run(measured)
 
 
 if __name__ == "__main__":

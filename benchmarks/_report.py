@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
-LOOP_LABELS = {"asyncio": "default loop", "uvloop": "uvloop"}
+LOOP_LABELS = {"asyncio": "default loop", "uvloop": "uvloop", "trio": "trio"}
+LOOP_ORDER = {loop: index for index, loop in enumerate(LOOP_LABELS)}
+LOOP_STYLES = {"asyncio": "-", "uvloop": "--", "trio": ":"}
 DASH = "\N{EN DASH}"
 TIMES = "\N{MULTIPLICATION SIGN}"
 SPREAD_HEADER = f"µs/call median [min{DASH}max]"
@@ -83,6 +85,7 @@ def markdown(result: dict[str, Any]) -> str:
     headline_n = 10_000 if 10_000 in sizes else max(sizes, default=0)
     out = _intro(result["meta"])
     out += _headline(matrix, f"N = {headline_n:,}", headline_n)
+    out += _runtimes(matrix, headline_n)
     out += _headline(matrix, "N = 1 (a lone call)", 1)
     out += _flatness(matrix)
     out += _growth(result.get("growth") or [])
@@ -134,8 +137,63 @@ def _headline(matrix: list[dict[str, Any]], title: str, n: int) -> list[str]:
                 number(row["cpu_us_per_call"]["median"]),
                 ratio(_cpu_ratio(rows, row)),
             ]
-            for row in sorted(rows, key=lambda row: (row["loop"], row["order"]))
+            for row in sorted(rows, key=lambda row: (LOOP_ORDER[row["loop"]], row["order"]))
         ),
+    )
+
+
+def _paired_ratios(rows: list[dict[str, Any]], row: dict[str, Any], metric: str) -> list[float]:
+    """Per repetition, the row's sample over floor's sample of the same round-robin sweep."""
+    for other in rows:
+        if other["system"] == "floor" and _config(other) == _config(row):
+            return [a / b for a, b in zip(row[metric]["samples"], other[metric]["samples"], strict=True)]
+    return []
+
+
+def _runtimes(matrix: list[dict[str, Any]], n: int) -> list[str]:
+    """The table of ``concresce`` against each runtime's floor; only in a run that measured trio."""
+    rows = _pick(matrix, n=n, max_size=100, window=0.0)
+    if not any(row["loop"] == "trio" for row in rows):
+        return []
+    out = [
+        f"## Runtimes: concresce against each runtime's floor, N = {n:,}, batches of 100, tick flush",
+        "",
+        (
+            "On trio, `floor` is the same minimal coalescer written for trio "
+            "(`benchmarks/_trio_floor.py`: one `wait_task_rescheduled` per follower, the leader "
+            "woken by one scheduler round or at `max_size`), and the callers are trio tasks started "
+            "in a nursery. *Paired ratios*: each repetition's time over `floor`'s in the same "
+            f"round-robin sweep, median [min{DASH}max] over the repetitions."
+        ),
+        "",
+    ]
+    table: list[list[str]] = []
+    for row in sorted(rows, key=lambda row: LOOP_ORDER[row["loop"]]):
+        if row["system"] != "concresce":
+            continue
+        paired = _paired_ratios(rows, row, "us_per_call")
+        paired_cpu = _paired_ratios(rows, row, "cpu_us_per_call")
+        floor = next(other for other in rows if other["system"] == "floor" and _config(other) == _config(row))
+        table.append(
+            [
+                LOOP_LABELS[row["loop"]],
+                spread(floor["us_per_call"]),
+                spread(row["us_per_call"]),
+                ratio(row["ratio_to_floor"]),
+                f"{ratio(statistics.median(paired))} [{ratio(min(paired))}{DASH}{ratio(max(paired))}]",
+                f"{ratio(statistics.median(paired_cpu))} [{ratio(min(paired_cpu))}{DASH}{ratio(max(paired_cpu))}]",
+            ]
+        )
+    return out + _table(
+        [
+            "runtime",
+            f"floor, {SPREAD_HEADER}",
+            f"concresce, {SPREAD_HEADER}",
+            "ratio of medians",
+            "paired ratios",
+            "paired CPU ratios",
+        ],
+        table,
     )
 
 
@@ -296,7 +354,7 @@ def plot(result: dict[str, Any], path: Path, metric: str = "us_per_call") -> Non
         for j, window in enumerate(windows):
             ax = axes[i][j]
             for _, name in systems:
-                for loop, style in (("asyncio", "-"), ("uvloop", "--")):
+                for loop, style in LOOP_STYLES.items():
                     rows = sorted(
                         _pick(matrix, system=name, loop=loop, max_size=max_size, window=window),
                         key=lambda row: row["n"],
@@ -325,10 +383,11 @@ def plot(result: dict[str, Any], path: Path, metric: str = "us_per_call") -> Non
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small")
     meta = result["meta"]
+    trio = ", dotted: trio" if any(row["loop"] == "trio" for row in matrix) else ""
     fig.suptitle(
         f"concresce benchmarks ({meta['mode']}, {'CPU time' if metric == 'cpu_us_per_call' else 'wall clock'}): "
         f"CPython {meta['python']}, {meta['cpu_count']} CPUs, {meta['date'][:10]}; "
-        "solid: default loop, dashed: uvloop"
+        f"solid: default loop, dashed: uvloop{trio}"
     )
     fig.tight_layout(rect=(0, 0.09, 1, 0.97))
     fig.savefig(path, dpi=110)

@@ -4,6 +4,8 @@ Every system is reduced to a *factory*: ``make(loop, backend, max_size, window)`
 ``f``, where ``await f(i)`` gives ``backend([..., i, ...])``'s result for ``i``, that is
 ``i * 2``. The benchmark wraps ``f`` in the same caller task for every system, so the
 systems differ only in how they turn many ``f(i)`` into few ``backend(ids)`` calls.
+``loop`` is the running asyncio loop, or ``None`` when the callers are trio tasks (only the
+systems marked ``trio`` are measured there; ``floor`` is then ``_trio_floor.TrioFloor``).
 
 Imports of the systems are deferred to :func:`load_factory`: a worker process imports only
 the system it measures (the original ``concresce`` 0.1.0 and this repository's ``concresce``
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
     Backend = Callable[[list[int]], Coroutine[Any, Any, list[int]]]
     Loaded = Callable[[int], Awaitable[int]]
-    Factory = Callable[[asyncio.AbstractEventLoop, Backend, "int | None", float], Loaded]
+    Factory = Callable[["asyncio.AbstractEventLoop | None", Backend, "int | None", float], Loaded]
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,19 @@ class System:
     description: str
     windows: bool  # has a time-window flush option (else: tick flush only)
     batches: bool  # coalesces calls at all (False for the unbatched baseline)
+    trio: bool = False  # also measured with trio tasks as callers (else: asyncio only)
 
 
 SYSTEMS: Final[tuple[System, ...]] = (
-    System("concresce", "this repository: @batch + collect()/scatter()", windows=True, batches=True),
-    System("floor", "hand-written minimal coalescer (benchmarks/_systems.py)", windows=True, batches=True),
-    System("baseline_unbatched", "one backend call per caller, no coalescing", windows=True, batches=False),
+    System("concresce", "this repository: @batch + collect()/scatter()", windows=True, batches=True, trio=True),
+    System(
+        "floor",
+        "hand-written minimal coalescer (benchmarks/_systems.py; on trio, benchmarks/_trio_floor.py)",
+        windows=True,
+        batches=True,
+        trio=True,
+    ),
+    System("baseline_unbatched", "one backend call per caller, no coalescing", windows=True, batches=False, trio=True),
     System("aiodataloader", "aiodataloader.DataLoader(cache=False)", windows=False, batches=True),
     System("strawberry", "strawberry.dataloader.DataLoader(cache=False)", windows=False, batches=True),
     System("concresce-0.1.0", "the original concresce 0.1.0, same inline API", windows=True, batches=True),
@@ -147,14 +156,18 @@ class Floor:
 
 
 def _floor() -> Factory:
-    def make(loop: asyncio.AbstractEventLoop, backend: Backend, max_size: int | None, window: float) -> Loaded:
+    def make(loop: asyncio.AbstractEventLoop | None, backend: Backend, max_size: int | None, window: float) -> Loaded:
+        if loop is None:  # trio tasks: the same floor written for trio
+            from _trio_floor import TrioFloor  # noqa: PLC0415 -- trio only where it is measured
+
+            return TrioFloor(backend, max_size, window).load
         return Floor(loop, backend, max_size, window).load
 
     return make
 
 
 def _baseline() -> Factory:
-    def make(loop: asyncio.AbstractEventLoop, backend: Backend, max_size: int | None, window: float) -> Loaded:
+    def make(loop: asyncio.AbstractEventLoop | None, backend: Backend, max_size: int | None, window: float) -> Loaded:
         del loop, max_size, window  # nothing to configure: every call is its own backend call
 
         async def f(i: int) -> int:
@@ -171,8 +184,8 @@ def _inline(module: ModuleType, *, unbounded: int | None) -> Factory:
     collect: Any = module.collect
     scatter: Any = module.scatter
 
-    def make(loop: asyncio.AbstractEventLoop, backend: Backend, max_size: int | None, window: float) -> Loaded:
-        del loop  # per-loop state is the library's business
+    def make(loop: asyncio.AbstractEventLoop | None, backend: Backend, max_size: int | None, window: float) -> Loaded:
+        del loop  # per-loop (per-run on trio) state is the library's business
 
         @batch(max_window=window, max_size=unbounded if max_size is None else max_size)
         async def f(i: int) -> int:

@@ -2,17 +2,21 @@
 
 ``run.py`` starts one worker per system and sends it one JSON request per line on stdin;
 the worker answers each with one JSON line on stdout. Each request runs on a fresh event
-loop, after a full garbage collection, with the collector paused while it runs; the results
-every caller got are checked before the answer is sent.
+loop (``"loop"``: ``asyncio``, ``uvloop``, or ``trio``: a fresh ``trio.run``), after a full
+garbage collection, with the collector paused while it runs; the results every caller got
+are checked before the answer is sent.
 
 Requests (``op``):
 
 * ``time``: ``rounds`` times, ``n`` caller tasks gathered; answers the elapsed seconds (wall
   clock, and the CPU time of this process, which other processes on the machine disturb less).
+  On trio the callers are started in a nursery, which waits for them as ``gather()`` does.
 * ``growth``: ``n`` caller tasks; after one loop turn (every caller now waits in its batch)
   the odd-numbered ones are cancelled if ``cancel``; answers the elapsed seconds.
 * ``memory``: ``n`` caller tasks under tracemalloc; after one loop turn, the peak traced
   bytes so far and how many callers are still pending.
+
+``growth`` and ``memory`` run on asyncio only.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from _systems import BackendStats, load_factory, make_backend
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from _systems import Factory
 
@@ -48,6 +52,18 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
         raise ValueError(msg)
     loop.set_debug(False)  # PYTHONASYNCIODEBUG in the environment must not skew timings
     return loop
+
+
+def run_trio_paused(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``trio.run(function, *args)``, with the garbage collector paused."""
+    import trio  # noqa: PLC0415 -- only in a worker asked to measure on trio
+
+    gc.collect()
+    gc.disable()
+    try:
+        return trio.run(function, *args)
+    finally:
+        gc.enable()
 
 
 def run_paused(kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -80,12 +96,48 @@ async def timed(make: Factory, n: int, rounds: int, max_size: int | None, window
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
 
-    expected = [i * 2 for i in ids]
+    check_outcomes(outcomes, n)
+    return {"seconds": elapsed, "cpu_seconds": cpu, **check_batches(stats, n * rounds, max_size)}
+
+
+def check_outcomes(outcomes: list[list[int]], n: int) -> None:
+    """Check that caller ``i`` got ``i * 2`` in every round."""
+    expected = [i * 2 for i in range(n)]
     for outcome in outcomes:
         if outcome != expected:
             wrong = next(i for i, (got, want) in enumerate(zip(outcome, expected, strict=True)) if got != want)
             msg = f"caller {wrong} got {outcome[wrong]!r}, expected {expected[wrong]!r}"
             raise AssertionError(msg)
+
+
+async def timed_trio(make: Factory, n: int, rounds: int, max_size: int | None, window: float) -> dict[str, Any]:
+    """``timed`` with trio tasks: ``rounds`` times, ``n`` callers started in a nursery."""
+    import trio  # noqa: PLC0415
+
+    stats = BackendStats()
+    f = make(None, make_backend(stats), max_size, window)
+
+    # The trio spelling of ``timed``'s caller: a nursery task returns nothing, so the caller
+    # stores its result where gather() would have put it.
+    async def caller(i: int, results: list[int]) -> None:
+        results[i] = await f(i)
+
+    open_nursery = trio.open_nursery
+    ids = range(n)
+    outcomes: list[list[int]] = []
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        results = [-1] * n
+        async with open_nursery() as nursery:
+            start_soon = nursery.start_soon
+            for i in ids:
+                start_soon(caller, i, results)
+        outcomes.append(results)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+
+    check_outcomes(outcomes, n)
     return {"seconds": elapsed, "cpu_seconds": cpu, **check_batches(stats, n * rounds, max_size)}
 
 
@@ -164,6 +216,11 @@ def handle(make: Factory, request: dict[str, Any]) -> dict[str, Any]:
     op = request["op"]
     loop = request["loop"]
     n, max_size, window = request["n"], request["max_size"], request["window"]
+    if loop == "trio":
+        if op != "time":
+            msg = f"op {op!r} runs on asyncio only"
+            raise ValueError(msg)
+        return run_trio_paused(timed_trio, make, n, request["rounds"], max_size, window)
     if op == "time":
         return run_paused(loop, timed(make, n, request["rounds"], max_size, window))
     if op == "growth":

@@ -13,8 +13,11 @@ the wall-clock report rather than replacing it.
 For each system and case, ``_count.py`` runs twice under callgrind: with the calls, and
 without them; the difference divided by the number of calls is the cost of one call. Cases:
 N = 10,000 caller tasks gathered at once (batches of 100, tick flush), and N = 1, a lone call
-(2,000 of them one after the other, each a batch of its own). Writes
-``benchmarks/results/instructions.{json,md}`` and prints the Markdown.
+(2,000 of them one after the other, each a batch of its own). The systems that run on trio
+(``concresce``, ``floor``, which is then the trio floor of ``_trio_floor.py``, and
+``baseline_unbatched``) are counted again with trio tasks as the callers, in a table of their
+own (``--no-trio`` leaves it out). Writes ``benchmarks/results/instructions.{json,md}`` and
+prints the Markdown.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, Final
 
 from _machine import machine
 from _report import ratio
-from _systems import SYSTEM_NAMES
+from _systems import SYSTEM_NAMES, SYSTEMS
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 CASES: Final = {
@@ -51,7 +54,7 @@ class CountError(RuntimeError):
     """A measurement could not be made."""
 
 
-def collected(system: str, case: str, calls: int, path: Path | None) -> int:
+def collected(system: str, case: str, calls: int, path: Path | None, runtime: str = "asyncio") -> int:
     """Instructions callgrind counts for one ``_count.py`` run."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -61,22 +64,24 @@ def collected(system: str, case: str, calls: int, path: Path | None) -> int:
     command += [sys.executable, str(BENCH_DIR / "_count.py"), system, case, str(calls)]
     if path is not None:
         command += ["--path", str(path)]
+    if runtime != "asyncio":
+        command += ["--runtime", runtime]
     environment = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONASYNCIODEBUG": ""}
     completed = subprocess.run(  # noqa: S603 -- fixed arguments
         command, capture_output=True, text=True, check=False, env=environment
     )
     found = re.search(r"Collected : (\d+)", completed.stderr)
     if completed.returncode != 0 or found is None:
-        msg = f"{system} {case} {calls}: exit {completed.returncode}\n{completed.stderr[-2000:]}"
+        msg = f"{system} {case} {calls} ({runtime}): exit {completed.returncode}\n{completed.stderr[-2000:]}"
         raise CountError(msg)
     return int(found.group(1))
 
 
-def per_call(system: str, case: str, path: Path | None, pool: ThreadPoolExecutor) -> float:
+def per_call(system: str, case: str, path: Path | None, pool: ThreadPoolExecutor, runtime: str = "asyncio") -> float:
     """Instructions per call: the run with the calls minus the run without, over the calls."""
     calls = CASES[case][0]
-    with_calls = pool.submit(collected, system, case, calls, path)
-    without = pool.submit(collected, system, case, 0, path)
+    with_calls = pool.submit(collected, system, case, calls, path, runtime)
+    without = pool.submit(collected, system, case, 0, path, runtime)
     return (with_calls.result() - without.result()) / calls
 
 
@@ -96,19 +101,38 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
     ]
+    lines += _table(counts)
+    on_trio: dict[str, dict[str, float]] = result.get("per_call_trio") or {}
+    if on_trio:
+        lines += [
+            "",
+            "## On trio",
+            "",
+            (
+                "The same counts with trio tasks as the callers (started in a nursery, in one `trio.run`), "
+                "and the ratio to `floor` on trio: the same minimal coalescer written for trio "
+                "(`benchmarks/_trio_floor.py`)."
+            ),
+            "",
+            *_table(on_trio),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _table(counts: dict[str, dict[str, float]]) -> list[str]:
     header = "| system |"
     rule = "| --- |"
     for _, title in CASES.values():
         header += f" {title}: instructions | ratio to floor |"
         rule += " --- | --- |"
-    lines += [header, rule]
+    lines = [header, rule]
     for system, by_case in counts.items():
         row = f"| {system} |"
         for case in CASES:
             value = by_case[case]
             row += f" {value:,.0f} | {ratio(value / counts['floor'][case])} |"
         lines.append(row)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of: {', '.join(SYSTEM_NAMES)} (floor is always counted)",
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="output directory")
+    parser.add_argument("--no-trio", action="store_true", help="do not count the systems again on trio")
     args = parser.parse_args(argv)
     systems = ["floor", *(name for name in args.systems.split(",") if name and name != "floor")]
     unknown = sorted(set(systems) - set(SYSTEM_NAMES))
@@ -137,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             path = old_path if system == OLD else None
             counts[system] = {case: per_call(system, case, path, pool) for case in CASES}
             log(f"  {system}: " + ", ".join(f"{case} {value:,.0f}" for case, value in counts[system].items()))
+        if not args.no_trio:
+            on_trio = [system.name for system in SYSTEMS if system.trio and system.name in systems]
+            counts_trio: dict[str, dict[str, float]] = {}
+            for system in sorted(on_trio, key=systems.index):
+                counts_trio[system] = {case: per_call(system, case, None, pool, "trio") for case in CASES}
+                log(f"  {system} on trio: " + ", ".join(f"{case} {v:,.0f}" for case, v in counts_trio[system].items()))
+            result["per_call_trio"] = counts_trio
     result["per_call"] = counts
     report = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ Run from the repository root::
     uv run --group bench python benchmarks/run.py           # the full matrix, see README.md
 
 Writes ``benchmarks/results/latest.{json,md,png}`` and ``latest-cpu.png``, and prints the
-Markdown report. Each system is measured in its own worker process (``_worker.py``); the
+Markdown report. The callers run on the default asyncio loop, on uvloop and on trio (the
+systems that run there: ``concresce``, ``floor``, which is then a trio floor, and
+``baseline_unbatched``). Each system is measured in its own worker process (``_worker.py``); the
 repetitions of every configuration go round-robin across the systems, so slow drift of the
 machine hits them all alike. See ``benchmarks/README.md`` for what is measured and how to read it.
 """
@@ -34,10 +36,15 @@ OLD = "concresce-0.1.0"  # the original release, measured from its own install d
 OLD_REQUIREMENT = "concresce==0.1.0"
 OLD_TARGET: Final = BENCH_DIR / ".cache" / OLD
 
-LOOPS: Final = ("asyncio", "uvloop")
+LOOPS: Final = ("asyncio", "uvloop", "trio")  # "trio": the callers are trio tasks, in trio.run
 MAX_SIZES: Final = (100, None)
 WINDOW: Final = 0.001  # the "1 ms window" flush mode; 0 is tick flush
 BENCH_MODULES: Final = {"aiodataloader": "aiodataloader", "strawberry": "strawberry", "uvloop": "uvloop"}
+
+
+def runs_on(system: System, loop: str) -> bool:
+    """Whether ``system`` is measured on ``loop``: every system on asyncio and uvloop, some on trio."""
+    return system.trio or loop != "trio"
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,11 @@ def measure_matrix(plan: Plan, workers: list[Worker], loops: tuple[str, ...]) ->
     for loop in loops:
         for max_size in MAX_SIZES:
             for window in (0.0, WINDOW):
-                here = [worker for worker in workers if window == 0 or worker.system.windows]
+                here = [
+                    worker
+                    for worker in workers
+                    if (window == 0 or worker.system.windows) and runs_on(worker.system, loop)
+                ]
                 for n in plan.sizes:
                     rounds = rounds_for(plan, n, window)
                     request = {"op": "time", "loop": loop, "n": n, "rounds": rounds, "max_size": max_size}
@@ -314,12 +325,13 @@ def measure_memory(plan: Plan, workers: list[Worker]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_reports(result: dict[str, Any], out: Path) -> None:
-    """Write latest.md and the plots from ``result``, and print the Markdown."""
+def write_reports(result: dict[str, Any], out: Path, *, plots: bool = True) -> None:
+    """Write latest.md and (unless ``plots`` is false) the plots from ``result``; print the Markdown."""
     report = markdown(result) + "\n"
     (out / "latest.md").write_text(report, encoding="utf-8")
-    plot(result, out / "latest.png")
-    plot(result, out / "latest-cpu.png", metric="cpu_us_per_call")
+    if plots:
+        plot(result, out / "latest.png")
+        plot(result, out / "latest-cpu.png", metric="cpu_us_per_call")
     sys.stdout.write(report)
 
 
@@ -341,7 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of: {', '.join(SYSTEM_NAMES)} (floor is always measured)",
     )
     parser.add_argument("--reps", type=int, help="repetitions per configuration (default: 5, or 3 with --quick)")
-    parser.add_argument("--no-uvloop", action="store_true", help="measure the default loop only")
+    parser.add_argument("--no-uvloop", action="store_true", help="do not measure on uvloop")
+    parser.add_argument("--no-trio", action="store_true", help="do not measure on trio")
+    parser.add_argument("--no-plot", action="store_true", help="write the JSON and the Markdown report only")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="output directory")
     parser.add_argument(
         "--render-only",
@@ -351,12 +365,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def missing_modules(wanted: set[str], loops: tuple[str, ...]) -> list[str]:
+    """The modules the run needs that cannot be imported (trio comes with the default `dev` group)."""
+    modules = ["matplotlib", *(BENCH_MODULES[name] for name in wanted if name in BENCH_MODULES)]
+    modules += [loop for loop in ("uvloop", "trio") if loop in loops]
+    return sorted({module for module in modules if importlib.util.find_spec(module) is None})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure everything, write the results, print the report."""
     args = parse_args(argv)
     if args.render_only:
         result = json.loads((args.out / "latest.json").read_text(encoding="utf-8"))
-        write_reports(result, args.out)
+        write_reports(result, args.out, plots=not args.no_plot)
         return 0
     plan = PLANS["quick" if args.quick else "full"]
     if args.reps:
@@ -367,17 +388,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"unknown system(s): {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEM_NAMES)}")
         return 2
     systems = [system for system in SYSTEMS if system.name in wanted]
-    loops = ("asyncio",) if args.no_uvloop else LOOPS
-    missing = [
-        module
-        for module in ("matplotlib", *(BENCH_MODULES[name] for name in wanted if name in BENCH_MODULES))
-        if importlib.util.find_spec(module) is None
-    ]
-    if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
-        missing.append("uvloop")
+    loops = tuple(
+        loop for loop in LOOPS if not (loop == "uvloop" and args.no_uvloop) and not (loop == "trio" and args.no_trio)
+    )
+    missing = missing_modules(wanted, loops)
     if missing:
         log(
-            f"missing benchmark dependencies: {', '.join(sorted(set(missing)))}. Run with the `bench` group: "
+            f"missing benchmark dependencies: {', '.join(missing)}. Run with the `bench` group: "
             "uv run --group bench python benchmarks/run.py"
         )
         return 2
@@ -389,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             workers.append(Worker(system, install_old_concresce() if system.name == OLD else None))
             for loop in loops:  # warm up imports and first-call paths; not recorded
-                workers[-1].request(op="time", loop=loop, n=1_000, rounds=1, max_size=100, window=0.0)
+                if runs_on(system, loop):
+                    workers[-1].request(op="time", loop=loop, n=1_000, rounds=1, max_size=100, window=0.0)
         log(f"{plan.mode} run: {', '.join(f'{w.system.name} {w.version}' for w in workers)}")
         phases: dict[str, float] = {}
         mark = time.perf_counter()
@@ -419,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{system.name} with a time window (it has no window option: tick flush only)"
             for system in systems
             if not system.windows
-        ],
+        ]
+        + [f"{system.name} on trio (asyncio only)" for system in systems if "trio" in loops and not system.trio],
         "duration_s": None,
         "phases_s": {phase: round(seconds, 1) for phase, seconds in phases.items()},
     }
@@ -428,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    write_reports(result, args.out)
-    log(f"done in {meta['duration_s']:.0f} s; wrote latest.json, latest.md and the plots in {shown(args.out)}")
+    write_reports(result, args.out, plots=not args.no_plot)
+    wrote = "latest.json and latest.md" if args.no_plot else "latest.json, latest.md and the plots"
+    log(f"done in {meta['duration_s']:.0f} s; wrote {wrote} in {shown(args.out)}")
     return 0
 
 
