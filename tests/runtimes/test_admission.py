@@ -95,6 +95,21 @@ async def test_batches_close_on_their_weight_budget():
     ]
 
 
+@pytest.mark.virtual_clock
+async def test_a_lone_item_heavier_than_the_budget_runs_at_once_in_a_batch_of_its_own():
+    """Nothing else open: the heavy item opens a batch and closes it at once (weight), no window waited."""
+    clock = Clock()
+    records = []
+
+    @batch(weight=len, max_weight=3, max_window=0.05, observer=records.append)
+    async def embed(text):
+        texts = await collect(text)
+        return scatter([(len(t), clock.at()) for t in texts])
+
+    assert await embed("abcdef") == (6, 0.0)
+    assert [(record.size, record.reason, record.waited) for record in records] == [(1, "weight", 0.0)]
+
+
 async def test_under_dedupe_every_call_counts_its_weight():
     """Duplicates are collected once but weighed each time: 4 + 4 + 2 reaches 10 with two distinct items."""
     runs = []
