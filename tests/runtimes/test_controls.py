@@ -139,6 +139,31 @@ async def test_raising_max_concurrency_dispatches_queued_batches_at_once_and_low
     assert s.returned == {"a": 0.1, "b": 0.12, "c": 0.22}
 
 
+async def test_raising_max_concurrency_from_another_thread_dispatches_on_the_batches_run():
+    """configure() in a worker thread: the queued batch is let into the new slot by its own run."""
+    runs = []
+    release = anyio.Event()
+
+    @batch(max_concurrency=1)
+    async def work(item):
+        items = await collect(item)
+        runs.append(items)
+        await release.wait()
+        return scatter(items)
+
+    async with anyio.create_task_group() as tg:
+        for item in ("a", "b"):  # a runs and waits; b is queued behind it
+            tg.start_soon(work, item)
+            await kit.quiesce()
+        queued = list(runs)
+        await anyio.to_thread.run_sync(lambda: work.configure(max_concurrency=2))
+        await kit.quiesce()
+        raised = list(runs)
+        release.set()
+
+    assert (queued, raised) == ([["a"]], [["a"], ["b"]])
+
+
 @pytest.mark.virtual_clock
 async def test_configure_max_pending_applies_to_the_next_call():
     s = Script()

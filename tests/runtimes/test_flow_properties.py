@@ -147,7 +147,8 @@ class Model:
         return False
 
     def waiting(self):
-        return sorted(c for p in self.parts.values() for b in (*p.queue, p.open, *p.running) if b for c in b.members)
+        groups = [g for p in self.parts.values() for g in (*p.queue, p.open, *p.running) if g is not None]
+        return sorted({call for group in groups for call in group.members})
 
     def runs(self):
         return sorted((key, group.run) for key, part in self.parts.items() for group in part.running)
@@ -173,7 +174,6 @@ class Run:
 
 class System:
     def __init__(self, k, max_size):
-        self.k = k
         self.joined = []
         self.active = {}  # run id -> Run
         self.ids = itertools.count()

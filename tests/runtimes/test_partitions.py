@@ -257,3 +257,51 @@ async def test_group_by_runs_once_per_call_with_exactly_its_arguments_before_its
         ("group_by", (), {"key": 3}),
         ("body", 3),
     ]
+
+
+async def test_flush_and_drain_act_on_their_own_run_only(backend_id):
+    """Two runs with a batch open each: one run's flush() and drain() leave the other's batch alone."""
+    batches = []
+
+    @batch(max_window=NEVER)
+    async def echo(item):
+        items = await collect(item)
+        batches.append(items)
+        return scatter([("ok", x) for x in items])
+
+    a_open, b_done = threading.Event(), threading.Event()
+    seen = {}
+
+    async def run_a():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(echo, "a")
+            await kit.quiesce()
+            a_open.set()
+            assert await anyio.to_thread.run_sync(b_done.wait, 10)
+            seen["a still open"] = (echo.stats().open_now, list(batches))
+            seen["a flushed"] = echo.flush()
+
+    async def run_b():
+        assert await anyio.to_thread.run_sync(a_open.wait, 10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(echo, "b")
+            await kit.quiesce()
+            seen["b flushed"] = echo.flush()
+            tg.start_soon(echo, "b2")
+            await kit.quiesce()
+            await echo.drain()  # waits for b2's batch, not for run a's
+            seen["b drained"] = list(batches)
+        b_done.set()
+
+    # No fail_after() here: a virtual clock would jump to its deadline while the threads run.
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_in_thread, backend_id, run_a)
+        tg.start_soon(run_in_thread, backend_id, run_b)
+
+    assert seen == {
+        "b flushed": 1,
+        "b drained": [["b"], ["b2"]],
+        "a still open": (1, [["b"], ["b2"]]),
+        "a flushed": 1,
+    }
+    assert batches == [["b"], ["b2"], ["a"]]
