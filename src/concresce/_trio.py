@@ -67,16 +67,31 @@ def loop_of(task: object) -> TrioLoop | None:  # noqa: ARG001 -- the Runtime sig
 class Timer:
     """A tick (``deadline`` None) or a window, until it runs or is cancelled."""
 
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("callback", "deadline", "loop")
 
-    def __init__(self, callback: Callable[[], object], deadline: float | None) -> None:
-        self.callback = callback
+    def __init__(self, loop: TrioLoop, callback: Callable[[], object], deadline: float | None) -> None:
+        self.loop = loop
+        self.callback: Callable[[], object] | None = callback
         self.deadline = deadline
-        self.cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether it ran or was cancelled."""
+        return self.callback is None
 
     def cancel(self) -> None:
-        """Do not run the callback."""
-        self.cancelled = True
+        """Do not run the callback, and let go of it (it holds the batch) at once."""
+        self.callback = None
+        unhosted = self.loop.unhosted
+        if self in unhosted:  # no host took it yet: nobody else would drop it
+            unhosted.remove(self)
+
+    def run(self) -> None:
+        """Run the callback, once."""
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            callback()
 
 
 @final
@@ -114,13 +129,13 @@ class TrioLoop:
 
     def call_soon(self, callback: Callable[[], object], /) -> Timer:
         """Run ``callback`` after one scheduler round, in the task that hosts it."""
-        timer = Timer(callback, None)
+        timer = Timer(self, callback, None)
         self.unhosted.append(timer)
         return timer
 
     def call_later(self, delay: float, callback: Callable[[], object], /) -> Timer:
         """Run ``callback`` once ``delay`` seconds of the run's clock have passed."""
-        timer = Timer(callback, self.trio.current_time() + delay)
+        timer = Timer(self, callback, self.trio.current_time() + delay)
         self.unhosted.append(timer)
         return timer
 
@@ -243,9 +258,7 @@ class TrioWaiter:
         if self.state == _AWAKE:
             self.state = _NEW
         for timer in due:
-            if not timer.cancelled:
-                timer.cancelled = True
-                timer.callback()
+            timer.run()
 
 
 def _outcome_value(value: object) -> Any:
