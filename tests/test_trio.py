@@ -462,3 +462,24 @@ def test_collect_outside_every_runtime_says_it_was_used_outside_a_call():
     coro = collect(1)
     with pytest.raises(RuntimeError, match=r"outside a call of a @batch function"):
         coro.send(None)
+
+
+def test_the_sweep_of_closed_loops_leaves_the_calls_of_a_trio_run_alone():
+    """A trio run ends only after its tasks: its calls are never the sweep's to drop."""
+    from concresce._calls import CALLS  # noqa: PLC0415
+    from concresce._closed_loops import sweep_closed_loops  # noqa: PLC0415
+    from concresce._runtime import loop_of  # noqa: PLC0415
+
+    seen = []
+
+    @batch
+    async def fn(item):
+        task = trio.lowlevel.current_task()
+        seen.append(loop_of(task))
+        sweep_closed_loops()
+        seen.append(CALLS.get(task) is not None)
+        return scatter(await collect(item))
+
+    assert run(fn, 1) == 1
+    assert seen == [None, True]
+    assert loop_of(object()) is None
