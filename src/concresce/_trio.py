@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
-__all__ = ["TrioLoop", "TrioWaiter", "departs", "loop_of", "running"]
+__all__ = ["TrioLoop", "TrioWaiter", "current_task", "departs", "loop_of", "running"]
 
 # The RunVar holding each run's TrioLoop; made at the first call under trio.
 _loops: Any = None
@@ -44,6 +44,18 @@ def running() -> tuple[object, TrioLoop] | None:
         loop = TrioLoop(trio)
         _loops.set(loop)
     return task, loop
+
+
+def current_task() -> object | None:
+    """The current trio task, or None outside a trio run."""
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        task: object = trio.lowlevel.current_task()
+    except RuntimeError:  # no trio run in this thread
+        return None
+    return task
 
 
 def departs(error: BaseException, handovers: int) -> bool:  # noqa: ARG001 -- the Runtime signature
@@ -203,7 +215,21 @@ class TrioWaiter:
             self.loop.lowlevel.reschedule(self.task, _outcome_value(value))
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self.wait().__await__()
+        loop = self.loop
+        if self.state == _NEW and not loop.unhosted:
+            # The common case, inline: a member with no timer to keep parks once.
+            lowlevel = loop.lowlevel
+            self.task = lowlevel.current_task()
+            self.state = _PARKED
+            loop.parked[self] = None
+            try:
+                woken = yield from lowlevel.wait_task_rescheduled(self.abort).__await__()
+            finally:
+                self.task = None
+            if woken is not _HOST:
+                return
+        # Timers to keep (now, or handed over while it was parked): the full loop.
+        yield from self.wait().__await__()
 
     async def wait(self) -> None:
         """Park until woken; host timers meanwhile. Raises what cancels the task."""
