@@ -223,7 +223,7 @@ class TrioWaiter:
             self.state = _PARKED
             loop.parked[self] = None
             try:
-                woken = yield from lowlevel.wait_task_rescheduled(self.abort).__await__()
+                woken: object = yield from lowlevel.wait_task_rescheduled(self.abort).__await__()
             finally:
                 self.task = None
             if woken is not _HOST:
