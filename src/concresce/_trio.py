@@ -223,7 +223,8 @@ class TrioWaiter:
             self.state = _PARKED
             loop.parked[self] = None
             try:
-                woken: object = yield from lowlevel.wait_task_rescheduled(self.abort).__await__()
+                parking: Generator[Any, None, object] = lowlevel.wait_task_rescheduled(self.abort).__await__()
+                woken = yield from parking
             finally:
                 self.task = None
             if woken is not _HOST:
