@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _systems import BackendStats, load_factory, make_backend
+from _systems import SYSTEMS, BackendStats, load_factory, make_backend
 
 if TYPE_CHECKING:
     from _systems import Factory
@@ -41,6 +41,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.path:
         sys.path.insert(0, args.path)
+    if args.runtime == "trio" and not any(system.trio for system in SYSTEMS if system.name == args.system):
+        parser.error(f"{args.system} is not measured on trio (asyncio only)")
     make, _ = load_factory(args.system)
     if args.runtime == "trio":
         return 0 if on_trio(make, args.case, args.calls) else 1
