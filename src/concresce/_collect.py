@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ._loop import current_task, running_loop
+from ._runtime import running
 from ._state import (
     IDLE,
     LEADING,
@@ -36,7 +36,7 @@ def _misuse(call: Call | None) -> str:
     )
 
 
-async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on purpose
+async def collect(item: T) -> list[T]:
     """Join the open batch with ``item`` and wait for the batch to be flushed.
 
     Every concurrent call of the same ``@batch`` function (same event loop, same
@@ -70,14 +70,11 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
 
     Added in version 0.3.
     """
-    try:
-        call = call_of(current_task())  # type: ignore[arg-type]  # None is never a key
-    except RuntimeError:  # no running event loop
-        call = None
+    task, loop = running()
+    call = call_of(task)
     # A call made inside another call in the same task (NESTED) joins like any other.
     if call is None or (call.state != IDLE and call.state != NESTED):  # noqa: PLR1714 -- the IDLE test first
         raise RuntimeError(_misuse(call))
-    loop = running_loop()  # there is one: the call was found through the running task
     # Join the open batch of this call's partition (per loop, per partition key), opening the
     # partition and the batch as needed. Inline, and with few local variables: this runs once
     # per call, and the frame of every waiting call keeps a slot for each local variable.

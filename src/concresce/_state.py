@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 from weakref import WeakSet
 
 from ._errors import OverloadedError
-from ._loop import Task, current_task
+from ._runtime import current_task, misplaced
 from ._stats import OBSERVERS, BatchRecord, Counters, notify
 
 if TYPE_CHECKING:
-    from asyncio import AbstractEventLoop
     from collections.abc import Callable, Hashable
     from types import TracebackType
 
-    from ._loop import Handle, Waiter
+    from ._runtime import Handle, Loop, Waiter
     from ._stats import FlushReason, Outcome
 
 # The partition key of a function that is neither a method nor grouped: one batch per loop.
@@ -50,7 +49,7 @@ BULK: Final[ContextVar[Batch | None]] = ContextVar("concresce_bulk", default=Non
 # context variable: measured on 3.12, a dict entry costs about 2,000 instructions less per
 # call than ContextVar.set()/reset(), and a task started by the body (which would inherit a
 # context variable) cannot mistake itself for the call.
-CALLS: Final[dict[Task[Any], Call]] = {}
+CALLS: Final[dict[Hashable, Call]] = {}
 # CALLS.get, bound once for the modules that import CALLS: CPython 3.12 compiles
 # `CALLS.get(task)` in such a module as an attribute load that makes a bound method on every
 # call (it skips its method-call optimisation for imported names), about 400 instructions.
@@ -59,7 +58,7 @@ call_of: Final = CALLS.get
 # The calls each task interrupted to make a nested call (CALLS holds the innermost one),
 # outermost first; only tasks running nested calls have an entry. Kept here rather than on
 # the Call: a slot more on every call costs about 80 instructions per call (its size).
-OUTER: Final[dict[Task[Any], list[Call]]] = {}
+OUTER: Final[dict[Hashable, list[Call]]] = {}
 
 # Every decorated function's Batcher, for _closed_loops.py; weak: a function may go away.
 BATCHERS: Final[WeakSet[Batcher]] = WeakSet()
@@ -124,27 +123,24 @@ class Resume(BaseException):
 
 def current_call(what: str) -> Call:
     """Return the call whose body the current task is running, or raise a RuntimeError about ``what``."""
-    try:
-        call = CALLS.get(current_task())  # type: ignore[arg-type]  # None is never a key
-    except RuntimeError:  # no running event loop
-        call = None
+    call = CALLS.get(current_task())
     if call is None:
         raise RuntimeError(outside_message(what))
     return call
 
 
-def calls_of(task: Task[Any]) -> list[Call]:
+def calls_of(task: Hashable) -> list[Call]:
     """The calls ``task`` is running, innermost first."""
     call = CALLS.get(task)
     return [] if call is None else [call, *reversed(OUTER.get(task, ()))]
 
 
-def nest(task: Task[Any], outer: Call) -> None:
+def nest(task: Hashable, outer: Call) -> None:
     """``task`` starts a call inside ``outer``: keep ``outer`` for calls_of()."""
     OUTER.setdefault(task, []).append(outer)
 
 
-def unnest(task: Task[Any]) -> None:
+def unnest(task: Hashable) -> None:
     """``task`` returns to the call it interrupted."""
     stack = OUTER[task]
     stack.pop()
@@ -163,7 +159,7 @@ def routed_error(call: Call) -> BaseException:
     return error
 
 
-def open_guarded(call: Call, item: object, loop: AbstractEventLoop, key: object) -> Batch:
+def open_guarded(call: Call, item: object, loop: Loop, key: object) -> Batch:
     """Return the batch ``call`` joins, on collect()'s slow path: dedupe, shedding, weights.
 
     Sets ``call.weight``. The open batch is closed first if ``item`` would tip it over its
@@ -227,30 +223,13 @@ def _weight_of(name: str, weigh: Callable[[Any], float], item: object) -> float:
 
 def outside_message(what: str) -> str:
     """Explain that ``what`` was used outside a call of a decorated function."""
-    if _collect_is_a_task():
-        return (
-            f"{what} was awaited in a task of its own, where no @batch call runs: "
-            "asyncio.wait_for(collect(item), timeout) does that on Python 3.10 and 3.11, as do "
-            "create_task(), ensure_future() and gather(). Await collect(item) directly in the "
-            "body of an `async def` decorated with @batch, in the task that made the call, and put "
-            "a time-out around the whole call: asyncio.wait_for(fn(item), timeout)"
-        )
+    why = misplaced()
+    if why is not None:
+        return why
     return (
         f"{what} was used outside a call of a @batch function: await collect(item) in the body "
         "of an `async def` decorated with @batch, in the task that made the call (not in a task "
         "it started), then return scatter(results)"
-    )
-
-
-def _collect_is_a_task() -> bool:
-    """Whether the current task's own coroutine is a ``collect()``: it was wrapped in a task."""
-    try:
-        task = current_task()
-    except RuntimeError:  # no running event loop
-        return False
-    frame = None if task is None else getattr(task.get_coro(), "cr_frame", None)
-    return (
-        frame is not None and frame.f_code.co_name == "collect" and frame.f_globals["__name__"] == "concresce._collect"
     )
 
 
@@ -357,7 +336,7 @@ class Partition:
 
     __slots__ = ("batcher", "key", "loop", "open", "pending", "running")
 
-    def __init__(self, batcher: Batcher, key: object, loop: AbstractEventLoop) -> None:
+    def __init__(self, batcher: Batcher, key: object, loop: Loop) -> None:
         self.batcher = batcher
         self.key = key
         self.loop = loop

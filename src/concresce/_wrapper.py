@@ -14,10 +14,9 @@ from __future__ import annotations
 import inspect
 import linecache
 import sys
-from asyncio import CancelledError
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from ._loop import current_task
+from ._runtime import current_task, departs
 from ._state import (
     CALLS,
     IDLE,
@@ -26,7 +25,6 @@ from ._state import (
     NO_PARTITION,
     RESUMED,
     SCATTERED,
-    Batch,
     Batcher,
     Call,
     Resume,
@@ -46,12 +44,10 @@ instance_key: Final = id
 
 _TEMPLATE: Final = """\
 async def wrapper({parameters}):
-    try:
-        task = current_task()
-    except RuntimeError:  # no running event loop
-        task = None
+    task = current_task()
     if task is None:
-        # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
+        # Not inside a task of a runtime concresce knows: an ordinary call (collect() would
+        # say why it cannot batch).
         return await fn({arguments})
     # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
     call = Call()
@@ -218,7 +214,7 @@ def ended_by_error(call: Call) -> bool:
     state = call.state
     if state == LEADING:
         batch = call.batch
-        if departs(batch, error):
+        if departs(error, batch.handovers):
             # The leader's task was cancelled: the followers are not at fault. The earliest
             # one still waiting leads instead and runs the bulk section again.
             batch.hand_over(call)
@@ -237,27 +233,6 @@ def ended_by_error(call: Call) -> bool:
                     return True
                 raise rest
     return False
-
-
-def departs(batch: Batch, error: BaseException) -> bool:
-    """Whether a leader that raised ``error`` before scatter() leaves its batch (a handover).
-
-    It leaves when its task really has a cancellation request (``Task.cancelling()``, 3.11+),
-    whatever the bulk code made of the ``CancelledError`` (a driver may turn it into an error
-    of its own), or when its coroutine is being closed (``GeneratorExit``: it can never
-    finish). Anything else, a ``CancelledError`` that nobody requested included (a driver's
-    future cancelled by a closing pool), is a fault of the bulk section: it ran once, and
-    every member gets the exception. (A deadline the body opened, ``asyncio.timeout()``,
-    withdraws its request as it turns the cancellation into ``TimeoutError``: a fault.)
-    Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the batch over only
-    if no leader of the batch did so before, so the bulk section runs at most twice.
-    """
-    if isinstance(error, GeneratorExit):
-        return True
-    if sys.version_info >= (3, 11):
-        task = current_task()
-        return task is not None and task.cancelling() > 0
-    return isinstance(error, CancelledError) and not batch.handovers  # pragma: no cover -- 3.10
 
 
 def ended_by_return(call: Call) -> None:
