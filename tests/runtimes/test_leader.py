@@ -94,6 +94,27 @@ async def test_the_leader_is_the_earliest_member_still_waiting() -> None:
     assert sorted(record[2:]) == [(1, "returned", "b", "B"), (1, "returned", "c", "C")]
 
 
+@pytest.mark.parametrize("max_window", [0, 0.5], ids=["tick", "window"])
+async def test_a_call_cancelled_while_its_batch_is_open_never_leads_it(max_window: float) -> None:
+    """A call whose scope is cancelled as it reaches collect() leaves its batch: no leader ever runs for it."""
+    runs: list[list[str]] = []
+
+    @batch(max_window=max_window)
+    async def fetch(item: str) -> str:
+        items = await collect(item)
+        runs.append(items)  # no checkpoint before scatter(): a cancelled leader would not notice
+        return scatter([x.upper() for x in items])
+
+    returned: list[str] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        returned.append(await fetch("a"))
+
+    assert (scope.cancelled_caught, returned, runs) == (True, [], [])
+    assert await fetch("b") == "B"  # the function works on: the next call leads its own batch
+    assert runs == [["b"]]
+
+
 async def test_followers_stay_in_collect_until_their_result_is_routed() -> None:
     """Followers' context managers and finally blocks exit when scatter() routes their results, not before."""
     joins: list[int] = []
