@@ -17,8 +17,9 @@ from __future__ import annotations
 import gc
 from typing import Any, Final
 
+from ._batcher import BATCHERS
+from ._calls import CALLS, OUTER
 from ._runtime import loop_of
-from ._state import BATCHERS, CALLS, OUTER
 
 __all__ = ["sweep_closed_loops"]
 

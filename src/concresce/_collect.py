@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from ._admission import admit, open_guarded
+from ._batcher import NO_PARTITION
+from ._batches import Batch, Partition
+from ._calls import CALLS, IDLE, LEADING, MEMBER, NESTED, RESUMED, Call, Resume, outside_message, routed_error
+from ._routing import take
 from ._runtime import running
-from ._state import (
-    IDLE,
-    LEADING,
-    MEMBER,
-    NESTED,
-    NO_PARTITION,
-    RESUMED,
-    Batch,
-    Call,
-    Partition,
-    Resume,
-    call_of,
-    open_guarded,
-    outside_message,
-    routed_error,
-)
 
 __all__ = ["collect"]
 
@@ -71,7 +60,7 @@ async def collect(item: T) -> list[T]:
     Added in version 0.3.
     """
     task, loop = running()
-    call = call_of(task)
+    call = CALLS.get(task)
     # A call made inside another call in the same task (NESTED) joins like any other.
     if call is None or (call.state != IDLE and call.state != NESTED):  # noqa: PLR1714 -- the IDLE test first
         raise RuntimeError(_misuse(call))
@@ -99,10 +88,10 @@ async def collect(item: T) -> list[T]:
     batch.members.append(call)
     if len(batch.members) >= batch.limit:
         # Full, or a batch that looks at every join (dedupe, weights, tracing).
-        batch.admitted(call)
+        admit(batch, call)
         if call.state == LEADING:
             # The call filled the batch and leads it: no waiting at all (max_size=1).
-            return batch.take(call)
+            return take(batch, call)
     try:
         await call.fut
     except BaseException:
@@ -115,6 +104,6 @@ async def collect(item: T) -> list[T]:
         # Unwind the follower's frame from here; the wrapper returns call.value.
         raise Resume
     if call.state == LEADING:
-        return batch.take(call)
+        return take(batch, call)
     # FAILED: the leader's fault, a routing error, or this caller's own exception result.
     raise routed_error(call)

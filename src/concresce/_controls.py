@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final, overload
 
+from ._batches import DONE, Partition
+from ._calls import MEMBER, calls_of
 from ._options import check_limit, check_weight_limit, check_window, unknown_option
 from ._runtime import current_task, running_loop
-from ._state import DONE, MEMBER, Batcher, Partition, calls_of
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
     from datetime import timedelta
 
+    from ._batcher import Batcher
     from ._stats import BatchStats
 
 if TYPE_CHECKING:

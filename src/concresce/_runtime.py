@@ -91,6 +91,10 @@ class Runtime(Protocol):
         """The current task and loop, or None when this runtime does not run here."""
         ...
 
+    def current_task(self) -> Hashable | None:
+        """The current task, or None when this runtime does not run here."""
+        ...
+
     def departs(self, error: BaseException, handovers: int) -> bool:
         """Whether the current task has a cancellation request (see ``departs()``)."""
         ...
@@ -124,7 +128,11 @@ def current_task() -> Any:
     loop = _asyncio_loop()
     if loop is not None:
         return _asyncio_task(loop)
-    return running()[0]
+    for runtime in _OTHERS:
+        task = runtime.current_task()
+        if task is not None:
+            return task
+    return None
 
 
 def running_loop() -> Loop:

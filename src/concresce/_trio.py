@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
-__all__ = ["TrioLoop", "TrioWaiter", "departs", "loop_of", "running"]
+__all__ = ["TrioLoop", "TrioWaiter", "current_task", "departs", "loop_of", "running"]
 
 # The RunVar holding each run's TrioLoop; made at the first call under trio.
 _loops: Any = None
@@ -46,6 +46,18 @@ def running() -> tuple[object, TrioLoop] | None:
     return task, loop
 
 
+def current_task() -> object | None:
+    """The current trio task, or None outside a trio run."""
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        task: object = trio.lowlevel.current_task()
+    except RuntimeError:  # no trio run in this thread
+        return None
+    return task
+
+
 def departs(error: BaseException, handovers: int) -> bool:  # noqa: ARG001 -- the Runtime signature
     """Whether the current task is cancelled: trio's cancellation is level-triggered.
 
@@ -67,16 +79,31 @@ def loop_of(task: object) -> TrioLoop | None:  # noqa: ARG001 -- the Runtime sig
 class Timer:
     """A tick (``deadline`` None) or a window, until it runs or is cancelled."""
 
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("callback", "deadline", "loop")
 
-    def __init__(self, callback: Callable[[], object], deadline: float | None) -> None:
-        self.callback = callback
+    def __init__(self, loop: TrioLoop, callback: Callable[[], object], deadline: float | None) -> None:
+        self.loop = loop
+        self.callback: Callable[[], object] | None = callback
         self.deadline = deadline
-        self.cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether it ran or was cancelled."""
+        return self.callback is None
 
     def cancel(self) -> None:
-        """Do not run the callback."""
-        self.cancelled = True
+        """Do not run the callback, and let go of it (it holds the batch) at once."""
+        self.callback = None
+        unhosted = self.loop.unhosted
+        if self in unhosted:  # no host took it yet: nobody else would drop it
+            unhosted.remove(self)
+
+    def run(self) -> None:
+        """Run the callback, once."""
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            callback()
 
 
 @final
@@ -114,13 +141,13 @@ class TrioLoop:
 
     def call_soon(self, callback: Callable[[], object], /) -> Timer:
         """Run ``callback`` after one scheduler round, in the task that hosts it."""
-        timer = Timer(callback, None)
+        timer = Timer(self, callback, None)
         self.unhosted.append(timer)
         return timer
 
     def call_later(self, delay: float, callback: Callable[[], object], /) -> Timer:
         """Run ``callback`` once ``delay`` seconds of the run's clock have passed."""
-        timer = Timer(callback, self.trio.current_time() + delay)
+        timer = Timer(self, callback, self.trio.current_time() + delay)
         self.unhosted.append(timer)
         return timer
 
@@ -188,7 +215,22 @@ class TrioWaiter:
             self.loop.lowlevel.reschedule(self.task, _outcome_value(value))
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self.wait().__await__()
+        loop = self.loop
+        if self.state == _NEW and not loop.unhosted:
+            # The common case, inline: a member with no timer to keep parks once.
+            lowlevel = loop.lowlevel
+            self.task = lowlevel.current_task()
+            self.state = _PARKED
+            loop.parked[self] = None
+            try:
+                parking: Generator[Any, None, object] = lowlevel.wait_task_rescheduled(self.abort).__await__()
+                woken = yield from parking
+            finally:
+                self.task = None
+            if woken is not _HOST:
+                return
+        # Timers to keep (now, or handed over while it was parked): the full loop.
+        yield from self.wait().__await__()
 
     async def wait(self) -> None:
         """Park until woken; host timers meanwhile. Raises what cancels the task."""
@@ -243,9 +285,7 @@ class TrioWaiter:
         if self.state == _AWAKE:
             self.state = _NEW
         for timer in due:
-            if not timer.cancelled:
-                timer.cancelled = True
-                timer.callback()
+            timer.run()
 
 
 def _outcome_value(value: object) -> Any:

@@ -1,8 +1,8 @@
 """The function ``@batch`` returns: generated, like attrs' methods, with the wrapped signature.
 
 A wrapper written as ``async def wrapper(*args, **kwargs)`` builds an argument tuple and a
-keyword dict on every call and unpacks them again to call the body: measured on CPython
-3.12, 1,200 instructions and about 110 bytes per pending call. So the wrapper is compiled
+keyword dict on every call and unpacks them again to call the body (its cost is measured in
+docs/performance.md). So the wrapper is compiled
 once per decorated function from ``_TEMPLATE``, with the function's own parameters, and
 passes them on by name. Where that cannot be done faithfully (``group_by`` must see the
 arguments as the caller passed them; a parameter named like a name the template uses), the
@@ -16,24 +16,15 @@ import linecache
 import sys
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ._batcher import NO_PARTITION
+from ._calls import CALLS, IDLE, LEADING, NESTED, RESUMED, SCATTERED, Call, Resume, nest, unnest
+from ._routing import fail
 from ._runtime import current_task, departs
-from ._state import (
-    CALLS,
-    IDLE,
-    LEADING,
-    NESTED,
-    NO_PARTITION,
-    RESUMED,
-    SCATTERED,
-    Batcher,
-    Call,
-    Resume,
-    nest,
-    unnest,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
+
+    from ._batcher import Batcher
 
 __all__ = ["instance_key", "make_wrapper"]
 
@@ -220,7 +211,7 @@ def ended_by_error(call: Call) -> bool:
             batch.hand_over(call)
         else:
             # A fault before scatter(): every follower still waiting gets the exception.
-            batch.fail(error, call)
+            fail(batch, error, call)
         return False
     if state == RESUMED:
         # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
@@ -246,7 +237,7 @@ def ended_by_return(call: Call) -> None:
             "its batch got no result; end the leader's code with `return scatter(results)` "
             "(returning the list of results itself, as concresce 1.x-5.x did, routes nothing)",
         )
-        batch.fail(error, call)
+        fail(batch, error, call)
         raise error
     if state == RESUMED:
         msg = (
