@@ -19,6 +19,7 @@ import gc
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+import hypothesis  # noqa: F401 -- first: its plugins (trio's) load before trio is imported elsewhere
 import pytest
 from tests.support import (
     VirtualClock,

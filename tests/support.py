@@ -95,11 +95,9 @@ def property_examples(full: int) -> int:
     return full if slow_tests() else max(10, full // 10)
 
 
-#: Where the engine keeps its internal per-call, per-batch and per-partition classes,
-#: named ``_Call``, ``_Batch``, ``_Partition`` (or without the underscore: the module is
-#: private already).
-ENGINE_MODULE: Final = "concresce._state"
-ENGINE_CLASS_NAMES: Final = ("Call", "Batch", "Partition")
+#: The engine's internal per-call, per-batch and per-partition classes, by the private module
+#: that defines each.
+ENGINE_CLASSES: Final = {"Call": "concresce._calls", "Batch": "concresce._batches", "Partition": "concresce._batches"}
 
 
 # --------------------------------------------------------------------------------------
@@ -426,24 +424,12 @@ _engine_classes: tuple[type[object], ...] | None = None
 
 
 def engine_classes() -> tuple[type[object], ...]:
-    """Return the engine's internal call, batch and partition classes.
-
-    Returns ``()`` only while ``concresce._state`` does not exist yet; any other
-    import problem, or a missing class, is an error.
-    """
+    """Return the engine's internal call, batch and partition classes."""
     global _engine_classes  # noqa: PLW0603 -- import once, lazily
     if _engine_classes is None:
-        if importlib.util.find_spec(ENGINE_MODULE) is None:
-            return ()
-        module = importlib.import_module(ENGINE_MODULE)
-        classes: list[type[object]] = []
-        for name in ENGINE_CLASS_NAMES:
-            cls = getattr(module, f"_{name}", None) or getattr(module, name, None)
-            if cls is None:
-                msg = f"{ENGINE_MODULE} has no class _{name} (or {name})"
-                raise AttributeError(msg)
-            classes.append(cls)
-        _engine_classes = tuple(classes)
+        _engine_classes = tuple(
+            getattr(importlib.import_module(module), name) for name, module in ENGINE_CLASSES.items()
+        )
     return _engine_classes
 
 

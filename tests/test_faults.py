@@ -28,8 +28,8 @@ from tests.support import (
 )
 
 from concresce import batch, collect, scatter
+from concresce._calls import OUTER
 from concresce._closed_loops import sweep_closed_loops
-from concresce._state import OUTER
 
 pytestmark = pytest.mark.anyio
 

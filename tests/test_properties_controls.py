@@ -28,7 +28,7 @@ from tests.strategies import ARRIVAL_STEPS
 from tests.support import live_engine_objects, partitions_of, property_examples, run_virtual
 
 from concresce import OverloadedError, batch, collect, scatter
-from concresce._state import MEMBER
+from concresce._calls import MEMBER
 
 #: Virtual seconds after which a call that has not ended is taken to hang.
 HORIZON = 1000.0

@@ -8,6 +8,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _closed_loops  # noqa: F401 # pyright: ignore[reportUnusedImport] -- installs the sweep of closed loops
+from ._batcher import Batcher
 from ._controls import Batched, Controls
 from ._options import (
     RENAMED,
@@ -18,7 +19,6 @@ from ._options import (
     check_window,
     unknown_option,
 )
-from ._state import Batcher
 from ._wrapper import instance_key, make_wrapper
 
 if TYPE_CHECKING:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 from typing import Any, Final
 
-from ._state import BATCHERS, CALLS, OUTER
+from ._batcher import BATCHERS
+from ._calls import CALLS, OUTER
+from ._runtime import loop_of
 
 __all__ = ["sweep_closed_loops"]
 
@@ -28,7 +30,8 @@ _FULL: Final = 2
 def sweep_closed_loops() -> None:
     """Drop the current calls, partitions and drain() waiters of every closed event loop."""
     for task in list(CALLS):
-        if task.get_loop().is_closed():
+        loop = loop_of(task)
+        if loop is not None and loop.is_closed():
             CALLS.pop(task, None)
             OUTER.pop(task, None)
     for batcher in list(BATCHERS):

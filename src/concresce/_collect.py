@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ._loop import current_task, running_loop
-from ._state import (
-    IDLE,
-    LEADING,
-    MEMBER,
-    NESTED,
-    NO_PARTITION,
-    RESUMED,
-    Batch,
-    Call,
-    Partition,
-    Resume,
-    call_of,
-    open_guarded,
-    outside_message,
-    routed_error,
-)
+from ._admission import admit, open_guarded
+from ._batcher import NO_PARTITION
+from ._batches import Batch, Partition
+from ._calls import CALLS, IDLE, LEADING, MEMBER, NESTED, RESUMED, Call, Resume, outside_message, routed_error
+from ._routing import take
+from ._runtime import running
 
 __all__ = ["collect"]
 
@@ -36,7 +25,7 @@ def _misuse(call: Call | None) -> str:
     )
 
 
-async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on purpose
+async def collect(item: T) -> list[T]:
     """Join the open batch with ``item`` and wait for the batch to be flushed.
 
     Every concurrent call of the same ``@batch`` function (same event loop, same
@@ -70,14 +59,11 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
 
     Added in version 0.3.
     """
-    try:
-        call = call_of(current_task())  # type: ignore[arg-type]  # None is never a key
-    except RuntimeError:  # no running event loop
-        call = None
+    task, loop = running()
+    call = CALLS.get(task)
     # A call made inside another call in the same task (NESTED) joins like any other.
     if call is None or (call.state != IDLE and call.state != NESTED):  # noqa: PLR1714 -- the IDLE test first
         raise RuntimeError(_misuse(call))
-    loop = running_loop()  # there is one: the call was found through the running task
     # Join the open batch of this call's partition (per loop, per partition key), opening the
     # partition and the batch as needed. Inline, and with few local variables: this runs once
     # per call, and the frame of every waiting call keeps a slot for each local variable.
@@ -102,10 +88,10 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
     batch.members.append(call)
     if len(batch.members) >= batch.limit:
         # Full, or a batch that looks at every join (dedupe, weights, tracing).
-        batch.admitted(call)
+        admit(batch, call)
         if call.state == LEADING:
             # The call filled the batch and leads it: no waiting at all (max_size=1).
-            return batch.take(call)
+            return take(batch, call)
     try:
         await call.fut
     except BaseException:
@@ -118,6 +104,6 @@ async def collect(item: T) -> list[T]:  # noqa: C901 -- the hot path, inline on 
         # Unwind the follower's frame from here; the wrapper returns call.value.
         raise Resume
     if call.state == LEADING:
-        return batch.take(call)
+        return take(batch, call)
     # FAILED: the leader's fault, a routing error, or this caller's own exception result.
     raise routed_error(call)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final, overload
 
-from ._loop import current_task, running_loop
+from ._batches import DONE, Partition
+from ._calls import MEMBER, calls_of
 from ._options import check_limit, check_weight_limit, check_window, unknown_option
-from ._state import DONE, MEMBER, Batcher, Partition, calls_of
+from ._runtime import current_task, running_loop
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
     from datetime import timedelta
 
+    from ._batcher import Batcher
     from ._stats import BatchStats
 
 if TYPE_CHECKING:
@@ -237,7 +239,7 @@ class Controls:
         """
         batcher = self.batcher
         loop = running_loop()
-        if any(call.batcher is batcher for call in calls_of(current_task())):  # type: ignore[arg-type]  # a task runs
+        if any(call.batcher is batcher for call in calls_of(current_task())):
             msg = (
                 f"{batcher.name}: drain() was awaited inside a call of the same function; it would wait "
                 "for its own batch forever (drain from outside, e.g. at shutdown)"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
-from ._state import TRACING, partition_label
+from ._reporting import TRACING, partition_label
 
 if TYPE_CHECKING:
-    from ._state import Batch
+    from ._batches import Batch
     from ._stats import Outcome
 
 __all__ = ["disable_tracing", "enable_tracing"]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
+from ._calls import GONE, IDLE, LEADING, NESTED, SCATTERED, Call, current_call
 from ._errors import BatchRoutingError, MissingResultError
-from ._state import GONE, IDLE, LEADING, NESTED, SCATTERED, Batch, Call, current_call
+from ._routing import deliver, fail, slot_items
+
+if TYPE_CHECKING:
+    from ._batches import Batch
 
 __all__ = ["scatter"]
 
@@ -85,12 +89,12 @@ def scatter(
         shares = _route(call.batcher.name, batch, results, key=key, default=default)
     except BatchRoutingError as error:
         call.state = SCATTERED
-        batch.fail(error, call)
+        fail(batch, error, call)
         raise
     # Any other exception (say, a results generator that raised) leaves this call the
     # leader: it propagates like any fault of the leader, to every follower.
     call.state = SCATTERED
-    batch.deliver(shares)
+    deliver(batch, shares)
     own = shares[call.slot]
     if isinstance(own, Exception):
         raise own
@@ -137,7 +141,7 @@ def _route(
 def _shares(name: str, batch: Batch, results: Any, key: Callable[[Any], Any] | None, default: Any) -> list[Any]:
     """``results`` as a list of shares: one per slot, if the results are right."""
     if isinstance(results, Mapping):
-        return _route_keyed(name, batch.slot_items(), results, key, default)  # pyright: ignore[reportUnknownArgumentType]
+        return _route_keyed(name, slot_items(batch), results, key, default)  # pyright: ignore[reportUnknownArgumentType]
     kind = type(results).__name__
     if key is not None or default is not _MISSING:
         msg = f"{name}: scatter() got key= or default= with {kind} results; they apply to a mapping only"

@@ -1,8 +1,8 @@
 """The function ``@batch`` returns: generated, like attrs' methods, with the wrapped signature.
 
 A wrapper written as ``async def wrapper(*args, **kwargs)`` builds an argument tuple and a
-keyword dict on every call and unpacks them again to call the body: measured on CPython
-3.12, 1,200 instructions and about 110 bytes per pending call. So the wrapper is compiled
+keyword dict on every call and unpacks them again to call the body (its cost is measured in
+docs/performance.md). So the wrapper is compiled
 once per decorated function from ``_TEMPLATE``, with the function's own parameters, and
 passes them on by name. Where that cannot be done faithfully (``group_by`` must see the
 arguments as the caller passed them; a parameter named like a name the template uses), the
@@ -14,28 +14,17 @@ from __future__ import annotations
 import inspect
 import linecache
 import sys
-from asyncio import CancelledError
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from ._loop import current_task
-from ._state import (
-    CALLS,
-    IDLE,
-    LEADING,
-    NESTED,
-    NO_PARTITION,
-    RESUMED,
-    SCATTERED,
-    Batch,
-    Batcher,
-    Call,
-    Resume,
-    nest,
-    unnest,
-)
+from ._batcher import NO_PARTITION
+from ._calls import CALLS, IDLE, LEADING, NESTED, RESUMED, SCATTERED, Call, Resume, nest, unnest
+from ._routing import fail
+from ._runtime import current_task, departs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Hashable
+
+    from ._batcher import Batcher
 
 __all__ = ["instance_key", "make_wrapper"]
 
@@ -46,12 +35,10 @@ instance_key: Final = id
 
 _TEMPLATE: Final = """\
 async def wrapper({parameters}):
-    try:
-        task = current_task()
-    except RuntimeError:  # no running event loop
-        task = None
+    task = current_task()
     if task is None:
-        # Not inside an asyncio task: an ordinary call (collect() would say why it can't).
+        # Not inside a task of a runtime concresce knows: an ordinary call (collect() would
+        # say why it cannot batch).
         return await fn({arguments})
     # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
     call = Call()
@@ -218,13 +205,13 @@ def ended_by_error(call: Call) -> bool:
     state = call.state
     if state == LEADING:
         batch = call.batch
-        if departs(batch, error):
+        if departs(error, batch.handovers):
             # The leader's task was cancelled: the followers are not at fault. The earliest
             # one still waiting leads instead and runs the bulk section again.
             batch.hand_over(call)
         else:
             # A fault before scatter(): every follower still waiting gets the exception.
-            batch.fail(error, call)
+            fail(batch, error, call)
         return False
     if state == RESUMED:
         # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
@@ -239,27 +226,6 @@ def ended_by_error(call: Call) -> bool:
     return False
 
 
-def departs(batch: Batch, error: BaseException) -> bool:
-    """Whether a leader that raised ``error`` before scatter() leaves its batch (a handover).
-
-    It leaves when its task really has a cancellation request (``Task.cancelling()``, 3.11+),
-    whatever the bulk code made of the ``CancelledError`` (a driver may turn it into an error
-    of its own), or when its coroutine is being closed (``GeneratorExit``: it can never
-    finish). Anything else, a ``CancelledError`` that nobody requested included (a driver's
-    future cancelled by a closing pool), is a fault of the bulk section: it ran once, and
-    every member gets the exception. (A deadline the body opened, ``asyncio.timeout()``,
-    withdraws its request as it turns the cancellation into ``TimeoutError``: a fault.)
-    Python 3.10 has no ``cancelling()``: there a ``CancelledError`` hands the batch over only
-    if no leader of the batch did so before, so the bulk section runs at most twice.
-    """
-    if isinstance(error, GeneratorExit):
-        return True
-    if sys.version_info >= (3, 11):
-        task = current_task()
-        return task is not None and task.cancelling() > 0
-    return isinstance(error, CancelledError) and not batch.handovers  # pragma: no cover -- 3.10
-
-
 def ended_by_return(call: Call) -> None:
     """Check how a call that returned normally left its batch."""
     state = call.state
@@ -271,7 +237,7 @@ def ended_by_return(call: Call) -> None:
             "its batch got no result; end the leader's code with `return scatter(results)` "
             "(returning the list of results itself, as concresce 1.x-5.x did, routes nothing)",
         )
-        batch.fail(error, call)
+        fail(batch, error, call)
         raise error
     if state == RESUMED:
         msg = (

@@ -1,0 +1,153 @@
+"""Admission: whether a call may join a batch, and which batch it joins.
+
+The common join is inline in ``collect()``; this is its slow path, for functions with
+``dedupe``, a ``weight`` function or ``max_pending`` (``Batcher.guarded``): load shedding,
+weights (an item that would tip the open batch over its budget closes it first), and an
+item whose ``__hash__`` raises. And the refusal of a call that could never run: one made
+from a bulk section while every ``max_concurrency`` slot is held by bulk sections waiting
+for such calls (``refuse_deadlock()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, cast
+
+from ._batches import BULK, RUNNING, Batch, Partition
+from ._calls import IDLE, MEMBER
+from ._errors import OverloadedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._calls import Call
+    from ._runtime import Loop
+
+
+def open_guarded(call: Call, item: object, loop: Loop, key: object) -> Batch:
+    """Return the batch ``call`` joins, on collect()'s slow path: dedupe, shedding, weights.
+
+    Sets ``call.weight``. The open batch is closed first if ``item`` would tip it over its
+    weight budget.
+
+    Raises:
+        OverloadedError: ``max_pending`` calls of the partition already wait.
+        TypeError, ValueError: The weight function returned something that is not a number
+            >= 0 (whatever it raised propagates as is).
+        Exception: With dedupe, whatever the item's ``__hash__`` raised, but ``TypeError``
+            (an unhashable item is simply never a duplicate).
+
+        Whatever it raises, this call alone fails, before it joins a batch.
+    """
+    batcher = call.batcher
+    if batcher.dedupe:
+        with contextlib.suppress(TypeError):  # unhashable: never a duplicate, but it may join
+            hash(item)
+    part = batcher.partitions.get(key)
+    batch = None if part is None else part.open
+    weight = 0.0
+    weigh = batcher.weight
+    # Weigh the item if the open batch or the batch it would open has a budget: an open batch
+    # keeps the max_weight it opened with, even after configure(max_weight=None).
+    if weigh is not None and (batcher.max_weight is not None or (batch is not None and batch.max_weight is not None)):
+        weight = _weight_of(batcher.name, weigh, item)
+    limit = batcher.max_pending
+    if limit is not None and part is not None and part.waiting() >= limit:
+        batcher.counters.shed += 1
+        raise OverloadedError(batcher.name, limit)
+    if part is None:
+        part = batcher.partitions[key] = Partition(batcher, key, loop)
+    if batch is not None:
+        max_weight = batch.max_weight
+        if max_weight is not None and batch.live() and batch.weight + weight > max_weight:
+            # The item would tip the open batch over its budget: the batch goes as it is. It
+            # may end at once (its members were all cancelled in this loop turn), and its
+            # partition with it: look the partition up again.
+            batch.close("weight")
+            batch = None
+            part = batcher.partitions.get(key)
+            if part is None:
+                part = batcher.partitions[key] = Partition(batcher, key, loop)
+    if batch is None:
+        batch = part.open = Batch(part)
+    call.weight = weight
+    return batch
+
+
+def _weight_of(name: str, weigh: Callable[[Any], float], item: object) -> float:
+    value = cast("object", weigh(item))  # checked: the function is the user's
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name}: weight({item!r}) returned {value!r}; it must return a number >= 0"
+        raise TypeError(msg)
+    weight = float(value)
+    if not (weight >= 0 and weight != float("inf")):
+        msg = f"{name}: weight({item!r}) returned {value!r}; it must return a finite number >= 0"
+        raise ValueError(msg)
+    return weight
+
+
+def admit(batch: Batch, call: Call) -> None:
+    """The slow part of ``call``'s join: count it, and close the batch if it is full."""
+    part = batch.part
+    if part.batcher.max_concurrency is not None and not part.has_slot():
+        refuse_deadlock(part, call)
+    trace = batch.trace
+    if trace is not None:
+        trace.join()
+    counts = batch.counts
+    if counts is not None:
+        item = call.item
+        try:
+            seen = counts.get(item, 0)
+            counts[item] = seen + 1
+        except Exception:  # noqa: BLE001, S110 -- unhashable, or a raising __eq__: never a duplicate
+            pass
+        else:
+            if seen:
+                batch.dupes += 1
+    max_weight = batch.max_weight
+    if max_weight is not None:
+        batch.weight += call.weight
+    max_size = batch.max_size
+    if max_size is not None and batch.live() - batch.dupes >= max_size:
+        batch.close("size")
+    elif max_weight is not None and batch.weight >= max_weight:
+        batch.close("weight")
+
+
+def refuse_deadlock(part: Partition, call: Call) -> None:
+    """Refuse ``call``, just joined while every slot is busy, if its batch could never run.
+
+    It could not if every running batch's bulk section waits for a call that came from
+    it (in the leader's task or a task the leader started) and waits in a batch of this
+    partition not dispatched yet, ``call`` included: no slot could ever free. The call
+    leaves the batch and fails with a RuntimeError instead of a deadlock.
+    """
+    origin = BULK.get()
+    joined = call.batch
+    sources = joined.origins
+    if sources is None:
+        sources = joined.origins = {}
+    sources[call] = origin
+    if origin is None or origin.part is not part or origin.state != RUNNING:
+        return  # not called from a bulk section of this partition
+    waiting = [batch for batch in (part.open, *(part.pending or ())) if batch is not None]
+    origins = {
+        id(source) for batch in waiting for member, source in (batch.origins or {}).items() if member.state == MEMBER
+    }
+    running = part.running_batches()
+    if len(running) < (part.batcher.max_concurrency or 0) or any(id(batch) not in origins for batch in running):
+        return
+    joined.members.pop()  # it joined last: undo the join
+    del sources[call]
+    call.state = IDLE
+    if not joined.live():
+        joined.discard()  # it opened the batch: nothing is left to run
+    batcher = part.batcher
+    msg = (
+        f"{batcher.name}: called from its own bulk section (between collect() and scatter(), "
+        f"or in a task started there) while each of its max_concurrency={batcher.max_concurrency} "
+        "slots is held by a bulk section waiting for such a call: its batch could never run (a "
+        "deadlock). Make the call before collect() or after scatter(), or raise max_concurrency"
+    )
+    raise RuntimeError(msg)

@@ -1,0 +1,199 @@
+"""Routing: what the leader receives, and how each member gets its outcome.
+
+When the leader resumes, ``take()`` fixes the members it serves (those still waiting) and
+the *slot* of each (its index in the items; with ``dedupe``, equal items share a slot).
+``deliver()`` routes a share per slot to every follower still waiting; ``fail()`` routes the
+leader's fault, a copy per follower (``follower_copy()``). A member cancelled since the
+dispatch is skipped: its waiter is done.
+"""
+
+from __future__ import annotations
+
+import sys
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final
+
+from ._batches import BULK
+from ._calls import FAILED, MEMBER, RESUMED
+
+if TYPE_CHECKING:
+    from ._batches import Batch
+    from ._calls import Call
+
+# Field getters for take(), run in C over every member.
+_ITEM: Final = attrgetter("item")
+_WAITER: Final = attrgetter("fut")
+
+
+def take(batch: Batch, leader: Call) -> list[Any]:
+    """Fix the members the leader serves and return their items, in arrival order.
+
+    Called when the leader resumes from ``collect()``: a member cancelled since the
+    dispatch is left out. With dedupe, equal items share one slot (first arrival wins).
+    """
+    part = batch.part
+    batcher = part.batcher
+    if not batch.count:
+        # The first leader runs: the batch counts. (One whose members all left before
+        # that never ran, like a batch discarded while open.)
+        counters = batcher.counters
+        counters.batches += 1
+        counters.flushes[batch.reason] += 1
+        counters.wait_time.add(batch.dispatched - batch.opened)
+    if batcher.max_concurrency is not None:
+        batch.bulk = BULK.set(batch)  # the bulk section runs in this context from now on
+    members = batch.members
+    if (
+        batch.scan == 1  # the first member leads: no handover, it did not leave
+        and not batch.departed
+        and not batcher.dedupe
+        # The leader's waiter is done; any other done waiter is a member cancelled since.
+        # (Every waiter comes from the same loop's create_future(): one type, one done().)
+        and sum(map(type(leader.fut).done, map(_WAITER, members))) == 1
+    ):
+        # Every member is served, each in the slot of its index.
+        batch.direct = True
+        batch.callers = members
+        leader.slot = 0
+        items = list(map(_ITEM, members))
+        batch.count = len(items)
+    else:
+        items = _take_some(batch, leader)
+    if batch.trace is not None:
+        batch.trace.start(batch)
+    return items
+
+
+def _take_some(batch: Batch, leader: Call) -> list[Any]:
+    """``take()`` when some members are not served, or equal items share a slot."""
+    callers: list[Call] = []
+    items: list[Any] = []
+    index: dict[Any, int] | None = {} if batch.part.batcher.dedupe else None
+    for member in batch.members:
+        if member is not leader:
+            fut = member.fut
+            if member.state != MEMBER or fut.done():
+                continue
+        callers.append(member)
+        item = member.item
+        if index is not None:
+            try:
+                slot = index.get(item)
+                if slot is None:
+                    index[item] = len(items)
+            except Exception:  # noqa: BLE001 -- unhashable, or a raising __eq__: never merged
+                slot = None
+            if slot is not None:
+                member.slot = slot
+                continue
+        member.slot = len(items)
+        items.append(item)
+    batch.direct = False
+    batch.callers = callers
+    batch.count = len(items)
+    return items
+
+
+def slot_items(batch: Batch) -> list[Any]:
+    """The item of each slot: what the leader received, as the members passed it."""
+    callers = batch.callers
+    if batch.direct:
+        return list(map(_ITEM, callers))
+    items: list[Any] = [None] * batch.count
+    for member in callers:
+        items[member.slot] = member.item
+    return items
+
+
+# -- ending -------------------------------------------------------------------------
+
+
+def deliver(batch: Batch, shares: list[Any]) -> None:
+    """Route ``shares[slot]`` to every follower still waiting, then end the batch.
+
+    The leader is no longer a MEMBER: it is skipped like a member cancelled since.
+    """
+    callers = batch.callers
+    values = shares if batch.direct else [shares[member.slot] for member in callers]
+    for member, value in zip(callers, values, strict=True):
+        fut = member.fut
+        if member.state != MEMBER or fut.done():
+            continue  # the leader, or cancelled since: its result is dropped
+        member.value = value
+        if isinstance(value, Exception):
+            member.state = FAILED
+            member.tb = value.__traceback__
+        else:
+            member.state = RESUMED
+        fut.set_result(None)
+    batch.finish("ok")
+
+
+def fail(batch: Batch, error: BaseException, leader: Call) -> None:
+    """Raise ``error`` in every member still waiting, then end the batch.
+
+    Each follower gets its own copy (``follower_copy()``), so that its traceback is its
+    own and keeps no frame of the leader's alive.
+    """
+    origin = fault_origin(error, batch.part.batcher.name)
+    for member in batch.members:
+        if member is leader:
+            continue
+        fut = member.fut
+        if member.state != MEMBER or fut.done():
+            continue
+        member.value = follower_copy(error, origin)
+        member.tb = None
+        member.state = FAILED
+        fut.set_result(None)
+    batch.finish("error", error)
+
+
+def fault_origin(error: BaseException, name: str) -> str:
+    """Where the leader's ``error`` was raised, in words, for the followers' copies."""
+    tb = error.__traceback__
+    where = ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        where = f' (raised at "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name})'
+        tb = tb.tb_next
+    return f"concresce: raised by the leader of this call's batch of {name}{where}"
+
+
+def follower_copy(error: BaseException, origin: str) -> BaseException:
+    """A copy of the leader's ``error`` for one follower: same type, arguments and attributes.
+
+    The copy carries no traceback of the leader's, so it keeps none of the leader's frames
+    (with their items and rows) alive; its cause and context are copied the same way, so the
+    chain still reads the same. On Python 3.11+ a note says where the leader raised it. An
+    exception that cannot be rebuilt this way is shared as it is.
+    """
+    copy = _bare_copy(error, depth=8)
+    if copy is error:
+        return error
+    if sys.version_info >= (3, 11):  # pragma: no branch -- 3.10 has no notes
+        notes = getattr(error, "__notes__", None)
+        copy.__notes__ = [*notes, origin] if isinstance(notes, list) else [origin]
+    return copy
+
+
+def _bare_copy(error: BaseException, depth: int) -> BaseException:
+    """``error`` rebuilt without a traceback, with its cause and context copied likewise."""
+    cls = type(error)
+    try:
+        copy = cls.__new__(cls, *error.args)
+        copy.args = error.args
+        state = getattr(error, "__dict__", None)
+        if state:
+            copy.__dict__.update(state)
+    except Exception:  # noqa: BLE001 -- an exception type that cannot be rebuilt this way
+        return error
+    if depth:
+        # A link that cannot be copied is left out rather than shared: it holds frames.
+        cause, context = error.__cause__, error.__context__
+        if cause is not None and (link := _bare_copy(cause, depth - 1)) is not cause:
+            copy.__cause__ = link
+        if context is not None and (link := _bare_copy(context, depth - 1)) is not context:
+            copy.__context__ = link
+    copy.__suppress_context__ = error.__suppress_context__
+    return copy
