@@ -7,6 +7,9 @@ means that the call's own scope (or one around it) was cancelled and the call en
 backend's cancellation exception; a cancellation exception that reaches a caller whose scopes
 were never cancelled is recorded as ``("raised", error)``, so a test sees it (SPEC: only the cancelled
 task sees cancellation).
+
+Also here: :func:`start_in_order` (join order is start order, on trio too), a
+:class:`Journal` of events per call, and the batched functions and clocks the tests share.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from tests.runtimes import kit
+
+from concresce import batch, collect, scatter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -82,6 +87,53 @@ async def run_in_order(*calls: Caller) -> list[Any]:
     """Start the calls with :func:`start_in_order`, wait for every one; return their outcomes."""
     async with anyio.create_task_group() as tg:
         await start_in_order(tg, *calls)
+    return [call.outcome for call in calls]
+
+
+def times_ten(journal, *, gates=None, max_size):
+    """A batched function whose leader awaits ``gates[x]`` (if given) as its bulk call.
+
+    It records, per call: leading (with the items), being cancelled in collect() or in the
+    bulk call, and scattering.
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+
+    @batch(max_window=NEVER, max_size=max_size)
+    async def fn(x):
+        try:
+            items = await collect(x)
+        except cancelled:
+            journal(x, "cancelled in collect")
+            raise
+        journal(x, "lead", items)
+        if gates is not None:
+            try:
+                await gates[x].wait()
+            except cancelled:
+                journal(x, "cancelled in bulk")
+                raise
+        journal(x, "scatter")
+        return scatter([item * 10 for item in items])
+
+    return fn
+
+
+def gates_for(*xs):
+    """An event per call: the gate each leader's bulk call waits for."""
+    return {x: anyio.Event() for x in xs}
+
+
+def clock():
+    """Virtual seconds since this call (rounded: sums of float delays)."""
+    start = kit.now()
+    return lambda: round(kit.now() - start, 9)
+
+
+async def run_all(*calls):
+    """Start every call at once (each waits for its own arrival time); return their outcomes."""
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run)
     return [call.outcome for call in calls]
 
 

@@ -1,13 +1,10 @@
-"""anyio cancel scopes around calls and inside bodies, on every runtime (SPEC.md "Cancellation and
-time-outs", "Faults and misuse: shared work"; docs/semantics.md "Shared work", docs/decisions.md 6).
+"""anyio cancel scopes around calls, on every runtime (SPEC.md "Cancellation and time-outs";
+docs/semantics.md "Shared work": per-call deadlines belong around the call).
 
-* Around a call (``fail_after``, ``move_on_after``, a task group whose other task fails): a
-  per-call deadline or cancellation, which affects that call only; a leader hands its batch over.
-* Inside the body, around the bulk call or around ``collect()``: the leader's scopes apply to
-  the whole batch (a deadline that expires is a ``TimeoutError`` fault for every member); a
-  follower's scope around ``collect()`` affects that follower only.
-
-Times are virtual (``kit.now()``), relative to the test's start.
+``fail_after``, ``move_on_after``, ``CancelScope.cancel()`` (every ``Caller``'s own scope) and
+a task group whose other task fails, around one call: a per-call deadline or cancellation,
+which affects that call only. A member leaves its open batch, a follower stops waiting, a
+leader hands its batch over. Times are virtual (``kit.now()``), relative to the test's start.
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ from __future__ import annotations
 import anyio
 import pytest
 from tests.runtimes import kit
-from tests.runtimes.callers import NEVER, Caller, Journal, callers, start_in_order
-from tests.support import copy_of
+from tests.runtimes.callers import NEVER, Caller, Journal, callers, clock, run_all, start_in_order
 
 from concresce import batch, collect, scatter
 
@@ -25,20 +21,6 @@ pytestmark = pytest.mark.anyio
 
 class SiblingError(Exception):
     """What the other task of a caller's task group raises."""
-
-
-def clock():
-    """Virtual seconds since this call (rounded: sums of float delays)."""
-    start = kit.now()
-    return lambda: round(kit.now() - start, 9)
-
-
-async def run_all(*calls):
-    """Start every call at once (each waits for its own arrival time); return their outcomes."""
-    async with anyio.create_task_group() as tg:
-        for call in calls:
-            tg.start_soon(call.run)
-    return [call.outcome for call in calls]
 
 
 def slow_times_ten(journal, now, *, bulk, **options):
@@ -191,147 +173,3 @@ async def test_a_task_group_whose_other_task_fails_cancels_its_call_alone(role):
     else:
         assert journal.calls() == {1: [("lead", [1, 2, 3]), "cancelled in bulk"], 2: [("lead", [2, 3])]}
         assert [calls[1].outcome, calls[2].outcome] == [("returned", 20), ("returned", 30)]
-
-
-# --------------------------------------------------------------------------------------
-# Inside the body: the leader's scopes bound the shared work
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.virtual_clock
-async def test_fail_after_around_the_bulk_call_in_the_body_is_a_fault_for_every_member():
-    """A deadline the leader's body puts on the bulk call: TimeoutError for all, once, when it expires."""
-    journal, now = Journal(), clock()
-
-    @batch(max_window=NEVER, max_size=3)
-    async def fn(x):
-        try:
-            items = await collect(x)
-        except TimeoutError:
-            journal(x, "timed out in collect", now())
-            raise
-        journal(x, "lead", items, now())
-        with anyio.fail_after(1.0):
-            await anyio.sleep(10)
-        return scatter(items)
-
-    calls = callers(fn, 1, 2, 3)
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-
-    assert journal.calls() == {
-        1: [("lead", [1, 2, 3], 0.0)],
-        2: [("timed out in collect", 1.0)],
-        3: [("timed out in collect", 1.0)],
-    }
-    (kind, original), *followers = [call.outcome for call in calls]
-    assert (kind, type(original)) == ("raised", TimeoutError)
-    assert all(kind == "raised" and copy_of(error, original) for kind, error in followers)
-
-
-@pytest.mark.virtual_clock
-async def test_fail_after_opened_before_collect_bounds_the_leaders_shared_work_for_all():
-    """The leader's deadline around collect() and the bulk call expires first: a fault for all, not a handover."""
-    journal, now = Journal(), clock()
-
-    @batch(max_window=NEVER, max_size=3)
-    async def fn(x):
-        with anyio.fail_after(1.0):  # each caller's own deadline, from its arrival
-            try:
-                items = await collect(x)
-            except TimeoutError:
-                journal(x, "timed out in collect", now())
-                raise
-            journal(x, "lead", items, now())
-            await anyio.sleep(10)
-        return scatter(items)
-
-    async def arrive(x):
-        await anyio.sleep((x - 1) * 0.25)
-        return await fn(x)
-
-    outcomes = await run_all(*(Caller(x, lambda x=x: arrive(x)) for x in (1, 2, 3)))
-
-    assert journal.calls() == {
-        1: [("lead", [1, 2, 3], 0.5)],
-        2: [("timed out in collect", 1.0)],  # the leader's deadline, before its own at 1.25
-        3: [("timed out in collect", 1.0)],
-    }
-    (kind, original), *followers = outcomes
-    assert (kind, type(original)) == ("raised", TimeoutError)
-    assert all(kind == "raised" and copy_of(error, original) for kind, error in followers)
-
-
-@pytest.mark.virtual_clock
-async def test_move_on_after_around_the_bulk_call_in_the_body_applies_to_the_whole_batch():
-    """The leader's scope that gives up on the bulk call: every member gets the fallback the leader scatters."""
-    journal, now = Journal(), clock()
-
-    @batch(max_window=NEVER, max_size=3)
-    async def fn(x):
-        items = await collect(x)
-        rows = None
-        with anyio.move_on_after(0.5):
-            await anyio.sleep(10)
-            rows = [item * 10 for item in items]
-        journal(x, "scatter", now(), rows)
-        return scatter(rows or [f"stale {item}" for item in items])
-
-    calls = callers(fn, 1, 2, 3)
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-
-    assert journal.calls() == {1: [("scatter", 0.5, None)]}
-    assert [call.outcome for call in calls] == [
-        ("returned", "stale 1"),
-        ("returned", "stale 2"),
-        ("returned", "stale 3"),
-    ]
-
-
-# --------------------------------------------------------------------------------------
-# Inside the body: a follower's scope around collect()
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.virtual_clock
-@pytest.mark.parametrize("scope", ["fail_after", "move_on_after", "CancelScope.cancel()"])
-async def test_a_followers_own_scope_around_collect_takes_it_out_alone(scope):
-    """A follower's scope around collect() that ends while it waits: it leaves, its body goes on; others unaffected."""
-    journal, now = Journal(), clock()
-    scopes = {}
-
-    @batch(max_window=NEVER, max_size=3)
-    async def fn(x):
-        if scope == "fail_after":
-            cancel_scope = anyio.fail_after(0.5 if x == 2 else NEVER)
-        elif scope == "move_on_after":
-            cancel_scope = anyio.move_on_after(0.5 if x == 2 else NEVER)
-        else:
-            cancel_scope = scopes[x] = anyio.CancelScope()
-        try:
-            with cancel_scope as entered:
-                items = await collect(x)
-        except TimeoutError:
-            journal(x, "timed out", now())
-            raise
-        if entered.cancelled_caught:
-            journal(x, "gave up", now())
-            return "gave up"
-        journal(x, "lead", items, now())
-        await anyio.sleep(1.0)
-        return scatter([item * 10 for item in items])
-
-    calls = callers(fn, 1, 2, 3)
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-        if scope == "CancelScope.cancel()":
-            await anyio.sleep(0.5)
-            scopes[2].cancel()
-
-    gave_up = "timed out" if scope == "fail_after" else "gave up"
-    assert journal.calls() == {1: [("lead", [1, 2, 3], 0.0)], 2: [(gave_up, 0.5)]}
-    expected = ("raised", TimeoutError) if scope == "fail_after" else ("returned", "gave up")
-    kind, value = calls[1].outcome
-    assert (kind, type(value) if kind == "raised" else value) == expected
-    assert [calls[0].outcome, calls[2].outcome] == [("returned", 10), ("returned", 30)]

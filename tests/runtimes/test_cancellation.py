@@ -1,59 +1,27 @@
-"""Cancellation on every runtime (SPEC.md "Cancellation and time-outs"; docs/decisions.md 6, 9, 10).
+"""Cancelled members and followers on every runtime (SPEC.md "Cancellation and time-outs"; docs/decisions.md 9, 10).
 
 Each test cancels calls (their own ``anyio.CancelScope``, :class:`tests.runtimes.callers.Caller`)
-at one point of a batch's life: while it is open, during the leader's bulk call, after
-``scatter()``. It asserts every call's events and outcome: only a cancelled call may end
-cancelled, and every other one gets its own result. Batches are flushed by size and members
-join one after the other, so who leads is known on every backend.
+at one point of a batch's life: while it is open, or as followers after the flush (leaders
+cancelled after the flush: ``test_handover.py``). It asserts every call's events and
+outcome: only a cancelled call may end cancelled, and every other one gets its own result;
+and that nothing is kept alive once every caller returned. Batches are flushed by size and
+members join one after the other, so who leads is known on every backend.
 """
 
 from __future__ import annotations
 
 import gc
-import sys
 import weakref
 
 import anyio
 import pytest
 from tests.runtimes import kit
-from tests.runtimes.callers import NEVER, Journal, callers, start_in_order
+from tests.runtimes.callers import NEVER, Journal, callers, gates_for, start_in_order, times_ten
 from tests.support import partitions_of
 
 from concresce import batch, collect, scatter
 
 pytestmark = pytest.mark.anyio
-
-
-def times_ten(journal, *, gates=None, max_size):
-    """A batched function whose leader awaits ``gates[x]`` (if given) as its bulk call.
-
-    It records, per call: leading (with the items), being cancelled in collect() or in the
-    bulk call, and scattering.
-    """
-    cancelled = anyio.get_cancelled_exc_class()
-
-    @batch(max_window=NEVER, max_size=max_size)
-    async def fn(x):
-        try:
-            items = await collect(x)
-        except cancelled:
-            journal(x, "cancelled in collect")
-            raise
-        journal(x, "lead", items)
-        if gates is not None:
-            try:
-                await gates[x].wait()
-            except cancelled:
-                journal(x, "cancelled in bulk")
-                raise
-        journal(x, "scatter")
-        return scatter([item * 10 for item in items])
-
-    return fn
-
-
-def gates_for(*xs):
-    return {x: anyio.Event() for x in xs}
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +38,7 @@ async def test_a_member_cancelled_while_open_leaves_and_its_item_is_not_passed_o
     async with anyio.create_task_group() as tg:
         await start_in_order(tg, *calls[:2])
         calls[1].cancel()
+        await kit.quiesce()  # it has left when the next calls join
         await start_in_order(tg, *calls[2:])
 
     assert journal.calls() == {1: [("lead", [1, 3, 4]), "scatter"], 2: ["cancelled in collect"]}
@@ -85,10 +54,42 @@ async def test_the_first_member_cancelled_while_open_lets_the_next_member_lead()
     async with anyio.create_task_group() as tg:
         await start_in_order(tg, *calls[:2])
         calls[0].cancel()
+        await kit.quiesce()
         await start_in_order(tg, *calls[2:])
 
     assert journal.calls() == {1: ["cancelled in collect"], 2: [("lead", [2, 3, 4]), "scatter"]}
     assert [call.outcome for call in calls] == ["cancelled", ("returned", 20), ("returned", 30), ("returned", 40)]
+
+
+@pytest.mark.parametrize("cancelled", [1, 2])
+async def test_a_member_cancelled_in_the_turn_another_call_joins_is_never_passed_on(cancelled):
+    """Cancelled while open, in the very turn (scheduler round) the next call joins: its item is not passed on.
+
+    Whether the batch still counts it towards ``max_size`` until its task has run depends on
+    the order the runtime runs that turn's tasks in (on trio, at random): the remaining
+    members share one batch, or the first batch is flushed one item short and the last call
+    leads a batch of its own. Either way it never leads, and everyone else gets their result.
+    """
+    journal = Journal()
+    fn = times_ten(journal, max_size=3)
+    calls = callers(fn, 1, 2, 3, 4)
+
+    async with anyio.create_task_group() as tg:
+        await start_in_order(tg, *calls[:2])
+        calls[cancelled - 1].cancel()
+        await start_in_order(tg, *calls[2:])
+        fn.flush()  # a batch of 4 alone, if any: flushed now, not after its window
+
+    rest = [x for x in (1, 2, 3, 4) if x != cancelled]
+    together = {rest[0]: [("lead", rest), "scatter"]}
+    one_short = {rest[0]: [("lead", rest[:2]), "scatter"], 4: [("lead", [4]), "scatter"]}
+    assert journal.calls() in (
+        {cancelled: ["cancelled in collect"], **together},
+        {cancelled: ["cancelled in collect"], **one_short},
+    )
+    assert [call.outcome for call in calls] == [
+        "cancelled" if x == cancelled else ("returned", 10 * x) for x in (1, 2, 3, 4)
+    ]
 
 
 @pytest.mark.virtual_clock
@@ -142,10 +143,11 @@ async def test_a_follower_cancelled_during_the_bulk_call_leaves_and_nobody_else_
 
 
 async def test_a_follower_cancelled_right_after_scatter_routed_its_result_affects_nobody_else():
-    """A follower cancelled once its result was routed, before it resumed: cancelled or its result, alone.
+    """A follower whose scope is cancelled once its result was routed returns that result; nobody else is affected.
 
-    Whether the cancellation still reaches it depends on the runtime (a task woken with its
-    result has no checkpoint left before it returns); either way nobody else is affected.
+    A cancel scope cancels a task at its next checkpoint, and a follower woken with its result
+    has none left: it unwinds from collect() and returns (on asyncio too: anyio does not cancel
+    a task whose wait is over, where ``Task.cancel()`` would).
     """
     journal = Journal()
 
@@ -162,124 +164,7 @@ async def test_a_follower_cancelled_right_after_scatter_routed_its_result_affect
         await start_in_order(tg, *calls)
 
     assert journal.calls() == {1: ["cancelled 2 after scatter"]}
-    assert [calls[0].outcome, calls[2].outcome] == [("returned", 10), ("returned", 30)]
-    assert calls[1].outcome in ("cancelled", ("returned", 20))
-
-
-async def test_a_leader_cancelled_in_its_bulk_call_hands_the_batch_to_the_earliest_follower():
-    """The earliest follower still waiting runs the bulk section again, without the cancelled leader's item."""
-    journal = Journal()
-    gates = gates_for(1, 2)
-    fn = times_ten(journal, gates=gates, max_size=3)
-    calls = callers(fn, 1, 2, 3)
-
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-        calls[0].cancel()
-        await kit.quiesce()
-        gates[2].set()
-
-    assert journal.calls() == {1: [("lead", [1, 2, 3]), "cancelled in bulk"], 2: [("lead", [2, 3]), "scatter"]}
-    assert [call.outcome for call in calls] == ["cancelled", ("returned", 20), ("returned", 30)]
-
-
-async def test_a_handover_skips_the_followers_cancelled_meanwhile():
-    """The batch goes to the earliest follower still waiting, with the items of the members still waiting."""
-    journal = Journal()
-    gates = gates_for(1, 2, 3)
-    fn = times_ten(journal, gates=gates, max_size=4)
-    calls = callers(fn, 1, 2, 3, 4)
-
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-        calls[1].cancel()
-        await kit.quiesce()
-        calls[0].cancel()
-        await kit.quiesce()
-        gates[3].set()
-
-    assert journal.calls() == {
-        1: [("lead", [1, 2, 3, 4]), "cancelled in bulk"],
-        2: ["cancelled in collect"],
-        3: [("lead", [3, 4]), "scatter"],
-    }
-    assert [call.outcome for call in calls] == ["cancelled", "cancelled", ("returned", 30), ("returned", 40)]
-
-
-async def test_each_cancelled_leader_hands_the_batch_over_again():
-    """Leaders cancelled one after the other in their bulk call: each time the next member takes over."""
-    journal = Journal()
-    gates = gates_for(1, 2, 3)
-    fn = times_ten(journal, gates=gates, max_size=3)
-    calls = callers(fn, 1, 2, 3)
-
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-        calls[0].cancel()
-        await kit.quiesce()
-        calls[1].cancel()
-        await kit.quiesce()
-        gates[3].set()
-
-    cancelled_twice = {1: [("lead", [1, 2, 3]), "cancelled in bulk"], 2: [("lead", [2, 3]), "cancelled in bulk"]}
-    if kit.runtime() == "asyncio" and sys.version_info < (3, 11):
-        # decisions.md 6: without Task.cancelling(), a second leader's cancellation is a fault.
-        assert journal.calls() == {**cancelled_twice, 3: ["cancelled in collect"]}
-        assert [call.outcome[0] for call in calls] == ["cancelled", "cancelled", "raised"]
-    else:
-        assert journal.calls() == {**cancelled_twice, 3: [("lead", [3]), "scatter"]}
-        assert [call.outcome for call in calls] == ["cancelled", "cancelled", ("returned", 30)]
-
-
-async def test_a_leader_cancelled_with_no_follower_left_ends_its_batch():
-    """A cancelled leader whose followers all left: nothing runs again, and later calls open a new batch."""
-    journal = Journal()
-    gates = gates_for(1, 3)
-    fn = times_ten(journal, gates=gates, max_size=2)
-    calls = callers(fn, 1, 2, 3, 4)
-
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls[:2])
-        calls[1].cancel()
-        await kit.quiesce()
-        calls[0].cancel()
-        await kit.quiesce()
-        assert partitions_of(fn) == {}
-        gates[3].set()
-        await start_in_order(tg, *calls[2:])
-
-    assert journal.calls() == {
-        1: [("lead", [1, 2]), "cancelled in bulk"],
-        2: ["cancelled in collect"],
-        3: [("lead", [3, 4]), "scatter"],
-    }
-    assert [call.outcome for call in calls] == ["cancelled", "cancelled", ("returned", 30), ("returned", 40)]
-
-
-async def test_a_leader_cancelled_after_scatter_leaves_its_followers_results_alone():
-    """A leader cancelled after scatter() is cancelled alone: its followers keep their results."""
-    journal = Journal()
-    after = anyio.Event()
-
-    @batch(max_window=NEVER, max_size=3)
-    async def fn(x):
-        items = await collect(x)
-        own = scatter([item * 10 for item in items])
-        try:
-            await after.wait()
-        except anyio.get_cancelled_exc_class():
-            journal(x, "cancelled after scatter")
-            raise
-        return own
-
-    calls = callers(fn, 1, 2, 3)
-    async with anyio.create_task_group() as tg:
-        await start_in_order(tg, *calls)
-        assert [call.outcome for call in calls] == [None, ("returned", 20), ("returned", 30)]
-        calls[0].cancel()
-
-    assert journal.calls() == {1: ["cancelled after scatter"]}
-    assert [call.outcome for call in calls] == ["cancelled", ("returned", 20), ("returned", 30)]
+    assert [call.outcome for call in calls] == [("returned", 10), ("returned", 20), ("returned", 30)]
 
 
 async def test_only_the_cancelled_calls_see_a_cancellation():
