@@ -442,6 +442,7 @@ def test_without_trio_in_sys_modules_no_trio_run_is_seen(monkeypatch):
 
     monkeypatch.delitem(sys.modules, "trio")
     assert _trio.running() is None
+    assert _trio.current_task() is None
 
 
 def test_collect_under_curio_says_concresce_does_not_run_on_curio(monkeypatch):

@@ -15,6 +15,7 @@ discarded (its timer cancelled).
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -248,6 +249,10 @@ class TrioWaiter:
                     # A tick: one scheduler round, then its callback.
                     self.state = _AWAKE
                     await lowlevel.cancel_shielded_checkpoint()
+                    if loop.trio.current_effective_deadline() == -math.inf:
+                        # Cancelled meanwhile: this member leaves its batch (never leads it),
+                        # and its timers go to another member (finally).
+                        await lowlevel.checkpoint()
                     self.run_due(None)
                 elif timers:
                     deadline = min(timer.deadline for timer in timers if timer.deadline is not None)
