@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import hypothesis  # noqa: F401 -- see below
 import pytest
 import trio
 import trio.testing
@@ -23,11 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 pytestmark = pytest.mark.anyio
-
-# hypothesis is imported above, before any test runs, only so that a run of this folder alone
-# ends cleanly: importing it runs trio's hypothesis hook (``register_random``), which warns
-# (an error here) when it runs after tests/conftest.py's ``gc.freeze()`` has hidden the
-# referrers of trio's random generator, as pytest's terminal summary would otherwise do.
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
