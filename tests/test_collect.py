@@ -345,8 +345,10 @@ def test_collect_in_a_call_outside_any_task_raises():
         return scatter(await collect(x))
 
     coro = work(1)
-    with pytest.raises(RuntimeError, match=r"collect\(\)"):
+    with pytest.raises(RuntimeError, match=r"collect\(\)") as info:
         coro.send(None)
+    assert "No asyncio event loop or trio run is running here" in str(info.value)
+    assert "coroutine driven by hand" in str(info.value)
 
 
 async def test_collect_twice_in_one_call_raises():

@@ -117,8 +117,15 @@ def outside_message(what: str) -> str:
     why = misplaced()
     if why is not None:
         return why
-    return (
+    message = (
         f"{what} was used outside a call of a @batch function: await collect(item) in the body "
         "of an `async def` decorated with @batch, in the task that made the call (not in a task "
         "it started), then return scatter(results)"
     )
+    if current_task() is None:
+        message += (
+            ". No asyncio event loop or trio run is running here: concresce batches the calls "
+            "made in tasks of asyncio (uvloop too) or trio, not a coroutine driven by hand "
+            "(coroutine.send()) or by another framework"
+        )
+    return message

@@ -213,7 +213,10 @@ class TrioWaiter:
         self.state = _AWAKE if value is _HOST else _DONE
         if state == _PARKED:
             del self.loop.parked[self]
-            self.loop.lowlevel.reschedule(self.task, _outcome_value(value))
+            if value is None:
+                self.loop.lowlevel.reschedule(self.task)  # with None: set_result()
+            else:
+                self.loop.lowlevel.reschedule(self.task, _outcome_value(value))
 
     def __await__(self) -> Generator[Any, None, None]:
         loop = self.loop
