@@ -170,7 +170,7 @@ class TrioLoop:
         self.unhosted.extend(timer for timer in timers if not timer.cancelled)
         if self.unhosted and self.parked:
             waiter = next(iter(self.parked))
-            waiter.wake(_HOST)
+            waiter.host()  # it is parked
 
 
 # Waiter states.
@@ -202,21 +202,22 @@ class TrioWaiter:
 
     def set_result(self, result: None, /) -> None:  # noqa: ARG002 -- asyncio's signature
         """Wake the parked task: ``await`` returns."""
-        self.wake(None)
+        state = self.state
+        self.state = _DONE
+        if state == _PARKED:
+            loop = self.loop
+            del loop.parked[self]
+            loop.lowlevel.reschedule(self.task)
 
     def get_loop(self) -> TrioLoop:
         """The loop of the run it belongs to."""
         return self.loop
 
-    def wake(self, value: object) -> None:
-        state = self.state
-        self.state = _AWAKE if value is _HOST else _DONE
-        if state == _PARKED:
-            del self.loop.parked[self]
-            if value is None:
-                self.loop.lowlevel.reschedule(self.task)  # with None: set_result()
-            else:
-                self.loop.lowlevel.reschedule(self.task, _outcome_value(value))
+    def host(self) -> None:
+        """Wake the parked task to keep the timers no waiter keeps (``rehost()``)."""
+        self.state = _AWAKE
+        del self.loop.parked[self]
+        self.loop.lowlevel.reschedule(self.task, _outcome_value(_HOST))
 
     def __await__(self) -> Generator[Any, None, None]:
         loop = self.loop
