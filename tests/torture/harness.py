@@ -196,13 +196,16 @@ NO_SCATTER: Final = "<returned without scatter()>"
 
 
 class AwaitingExit:
-    """An async context manager whose ``__aexit__`` awaits."""
+    """An async context manager whose ``__aexit__`` awaits (a checkpoint of the runner's runtime)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
 
     async def __aenter__(self) -> None:
-        await asyncio.sleep(0)
+        await self.runner.sleep(0)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.sleep(0)
+        await self.runner.sleep(0)
 
 
 # --------------------------------------------------------------------------------------
@@ -350,6 +353,8 @@ class Record:
     cancel_seq: int | None = None
     wrapper_timed_out: bool = False
     outcome: tuple[str, Any] = ("pending", None)
+    scope: Any = None  # trio: the call's own cancel scope (the scheduler's cancellations)
+    end_seq: int | None = None  # trio: when its outcome was recorded
 
 
 @dataclass
@@ -431,7 +436,20 @@ _runner_ids = itertools.count()
 
 
 class Runner:
-    """Plays one schedule on the running loop; :meth:`check` then lists the problems."""
+    """Plays one schedule on the running loop; :meth:`check` then lists the problems.
+
+    This one plays it on asyncio; ``harness_trio.TrioRunner`` on trio. What differs between
+    runtimes is in the methods marked so (``sleep()``, ``group()``, ``cancel_self()``,
+    ``departure()``, ``member_within()``, ``request_cancel()``, ``requested()``, ``now()``,
+    ``main()``...) and in these attributes; the oracle is shared.
+    """
+
+    #: What a deadline the body opened raises when it expires.
+    timeout_errors: tuple[type[BaseException], ...] = _TIMEOUT_ERRORS
+    #: Whether a call whose task was cancelled must end cancelled. Not on trio, where a
+    #: cancellation is delivered at the next checkpoint: a call that reaches none ends as it
+    #: would have.
+    cancel_is_final: bool = True
 
     def __init__(
         self,
@@ -478,20 +496,24 @@ class Runner:
             self.problems.append(f"misroute: call #{rec.index} runs with self={host!r}")
         try:
             if rec.plan.wait:
-                await asyncio.sleep(rec.plan.wait * self.scale)
+                await self.sleep(rec.plan.wait)
             if rec.plan.body_timeout is None:
                 return await self.member(rec)
-            cm = asyncio.timeout(rec.plan.body_timeout * self.scale)
-            try:
-                async with cm:
-                    return await self.member(rec)
-            finally:
-                rec.own_timeout = cm.expired()
+            return await self.member_within(rec, rec.plan.body_timeout)
         except BaseException as error:
             run = rec.leading
             if run is not None and run.end is None:
                 self.end_run(run, error)
             raise
+
+    async def member_within(self, rec: Record, seconds: float) -> Any:
+        """``member()`` under a deadline the body opens (around collect() and the bulk section)."""
+        cm = asyncio.timeout(seconds * self.scale)
+        try:
+            async with cm:
+                return await self.member(rec)
+        finally:
+            rec.own_timeout = cm.expired()
 
     async def member(self, rec: Record) -> Any:
         plan = rec.plan
@@ -531,23 +553,46 @@ class Runner:
             try:
                 return await self.collect(rec, item)
             finally:
-                await asyncio.sleep(0)
+                await self.sleep(0)
         if structure == "finally_sleep":
             try:
                 return await self.collect(rec, item)
             finally:
-                await asyncio.sleep(0.001 * self.scale)
+                await self.sleep(0.001)
         if structure == "acm":
-            async with AwaitingExit():
+            async with AwaitingExit(self):
                 return await self.collect(rec, item)
         if structure == "cancel_in_finally":
             try:
                 return await self.collect(rec, item)
             finally:
-                self.request_cancel(rec, asyncio.current_task())
-                await asyncio.sleep(0)
-        async with asyncio.TaskGroup():
+                self.cancel_self(rec)
+                await self.sleep(0)
+        async with self.group():
             return await self.collect(rec, item)
+
+    # -- what differs between runtimes (asyncio here; see harness_trio.py) -----------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` schedule seconds (a checkpoint when 0)."""
+        await asyncio.sleep(seconds * self.scale)
+
+    def group(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A task group, around collect() (the ``taskgroup`` structure)."""
+        return asyncio.TaskGroup()
+
+    def cancel_self(self, rec: Record) -> None:
+        """The call cancels its own task (it is running)."""
+        self.request_cancel(rec, asyncio.current_task())
+
+    def departure(self, error: BaseException) -> str:
+        """How a leader's run ended that raised ``error`` before scatter() (see Run.end)."""
+        if isinstance(error, asyncio.CancelledError):
+            if HAS_CANCELLING:
+                task = asyncio.current_task()
+                return "departed" if task is not None and task.cancelling() else "ce_fault"
+            return "cancelled"
+        return "fault" if isinstance(error, Exception) else "closed"
 
     async def lead(self, rec: Record, items: list[Any]) -> Any:  # noqa: C901 -- every fault has its place
         """The leader's part: the bulk section (with its faults), then scatter()."""
@@ -562,7 +607,7 @@ class Runner:
             if step == 1:
                 self.cancel_flagged("during_bulk", run.part)
             if step < len(steps):
-                await asyncio.sleep(steps[step] * self.scale)
+                await self.sleep(steps[step])
         if plan.fault == "no_scatter":
             self.end_run(run, None, "no_scatter")
             return NO_SCATTER
@@ -581,7 +626,7 @@ class Runner:
         finally:
             self.cancel_flagged("after_scatter", run.part)
         if plan.after is not None:
-            await asyncio.sleep(plan.after * self.scale)
+            await self.sleep(plan.after)
         if plan.fault == "after":
             raise LeaderAfterError(run.number, "after scatter()")
         return own
@@ -600,7 +645,7 @@ class Runner:
             await fut
         if fault == "self_cancel":
             self.request_cancel(self.records[run.leader], asyncio.current_task())
-            await asyncio.sleep(0)
+            await self.sleep(0)
 
     def results_for(self, run: Run) -> tuple[Any, dict[str, Any]]:
         """The leader's results for its items, and scatter()'s keyword arguments."""
@@ -658,18 +703,11 @@ class Runner:
         run.end_seq = next(self.seq)
         run.end_time = self.now()
         if error is not None:
-            run.error = (type(error), str(error))
+            run.error = (type(error), _safe_str(error))
             with contextlib.suppress(AttributeError, TypeError):
                 error.torture_run = run.number  # type: ignore[attr-defined]
         if end is None:
-            if isinstance(error, asyncio.CancelledError):
-                if HAS_CANCELLING:
-                    task = asyncio.current_task()
-                    end = "departed" if task is not None and task.cancelling() else "ce_fault"
-                else:
-                    end = "cancelled"
-            else:
-                end = "fault" if isinstance(error, Exception) else "closed"
+            end = self.departure(error) if error is not None else "closed"
         run.end = end
 
     # -- cancelling -------------------------------------------------------------------------
@@ -896,12 +934,14 @@ class Runner:
             problems.append("items not in arrival order")
         if not items or items[0].index != run.leader:
             problems.append("the leader's own item is not the first")
-        gone = [
-            item.index for item in items if (seq := self.records[item.index].cancel_seq) is not None and seq < run.seq
-        ]
+        gone = [item.index for item in items if self.gone_before(self.records[item.index], run)]
         if gone:
             problems.append(f"items of calls {gone}, cancelled before the leader resumed")
         return [f"batch: {run.describe()}: {p}" for p in problems]
+
+    def gone_before(self, rec: Record, run: Run) -> bool:
+        """Whether ``rec`` had left its batch when ``run``'s leader resumed (its item must not be there)."""
+        return rec.cancel_seq is not None and rec.cancel_seq < run.seq
 
     def serving_run(
         self,
@@ -957,13 +997,19 @@ class Runner:
             self.max_traceback = max(self.max_traceback, frames)
             if frames > MAX_TRACEBACK:
                 return f"traceback: {type(value).__name__} with {frames} traceback entries"
-            if kind == "exc" and rec.plan.structure == "taskgroup":
-                value = _unwrap_group(value)
+        # A task group around collect() may wrap what the call raised in groups (trio's
+        # nursery wraps a follower's error, not the leader's, raised after it): judge each level.
+        levels = [value]
+        if kind == "exc" and rec.plan.structure == "taskgroup":
+            levels = _group_levels(value)
+            value = levels[-1]
+        timeouts = self.timeout_errors
         if self.requested(rec):
-            if kind == "cancelled" or (kind == "exc" and isinstance(value, _TIMEOUT_ERRORS) and rec.own_timeout):
+            if kind == "cancelled" or (kind == "exc" and isinstance(value, timeouts) and rec.own_timeout):
                 return None
-            return f"its task was cancelled, yet it ended with {_show(kind, value)}"
-        if rec.own_timeout and kind == "exc" and isinstance(value, _TIMEOUT_ERRORS):
+            if self.cancel_is_final:
+                return f"its task was cancelled, yet it ended with {_show(kind, value)}"
+        if rec.own_timeout and kind == "exc" and isinstance(value, timeouts):
             return None
         if rec.refused:
             limit = self.options.max_pending
@@ -982,10 +1028,17 @@ class Runner:
         why = self.check_prior(rec, run, prior)
         if why is not None:
             return why
-        tagged = _run_of(value) if kind in {"exc", "cancelled"} else None
-        if tagged is not None and tagged != run.number and not (kind == "cancelled" and run.end == "departed"):
-            return f"misroute: got {_show(kind, value)} from run {tagged}, but was served by {run.describe()}"
-        return self.check_outcome(rec, run, prior=prior, slot_item=slot_item, kind=kind, value=value)
+        first = None
+        for level in reversed(levels):
+            tagged = _run_of(level) if kind in {"exc", "cancelled"} else None
+            if tagged is not None and tagged != run.number and not (kind == "cancelled" and run.end == "departed"):
+                why = f"misroute: got {_show(kind, level)} from run {tagged}, but was served by {run.describe()}"
+            else:
+                why = self.check_outcome(rec, run, prior=prior, slot_item=slot_item, kind=kind, value=level)
+            if why is None:
+                return None
+            first = first or why
+        return first
 
     def check_prior(self, rec: Record, run: Run, prior: list[Run]) -> str | None:
         if HAS_CANCELLING:
@@ -1020,7 +1073,7 @@ class Runner:
                 if kind == "exc" and isinstance(value, MissingResultError) and _same_key(value.key, key):
                     return None
             elif isinstance(expected, BaseException):
-                if kind == "exc" and type(value) is type(expected) and str(value) == str(expected):
+                if kind == "exc" and type(value) is type(expected) and _safe_str(value) == str(expected):
                     return None
             elif kind == "ok" and value == expected:
                 return None
@@ -1028,7 +1081,7 @@ class Runner:
             return f"{what}: got {shown}, but {run.describe()} routed it {expected!r}"
         if end in {"fault", "routing"} and run.error is not None:
             error_type, message = run.error
-            if kind == "exc" and type(value) is error_type and str(value) == message:
+            if kind == "exc" and type(value) is error_type and _safe_str(value) == message:
                 return None
             return f"other: got {shown}, but {run.describe()} raised {error_type.__name__}({message!r})"
         if end == "no_scatter":
@@ -1036,14 +1089,20 @@ class Runner:
                 return None
             return f"other: got {shown}, but {run.describe()} returned without scatter()"
         if end == "ce_fault":
-            if kind == "cancelled":
+            # Every member gets the leader's exception: its type and message (an asyncio task
+            # gives its CancelledError's message to the first to read it, the others get none).
+            if kind == "cancelled" and (run.error is None or not _safe_str(value) or _same_error(value, run.error)):
                 return None
-            return f"other: got {shown}, but {run.describe()} raised CancelledError (a fault)"
+            return f"other: got {shown}, but {run.describe()} raised {_error_text(run.error)} (a fault)"
         if end == "cancelled":  # Python 3.10: the second CancelledError in a batch is a fault
             if kind == "cancelled" and (leader or prior or self.options.dedupe):
                 return None
             return f"other: got {shown}, but {run.describe()} was cancelled"
         if end == "departed":
+            if leader and run.error is not None and kind == "exc" and _same_error(value, run.error):
+                # Its task was cancelled, and its bulk code raised an error of its own (trio:
+                # the leader departs whatever it raised while its cancel scope is cancelled).
+                return None
             return f"hang: ({shown}) was left behind by {run.describe()}; no member re-ran it"
         if end is None:
             return f"hang: ({shown}) is in {run.describe()}, which never ended"
@@ -1122,6 +1181,15 @@ def _unwrap_group(error: BaseException) -> BaseException:
     return error
 
 
+def _group_levels(error: BaseException) -> list[BaseException]:
+    """``error``, and while it is a group of one exception, that exception (outermost first)."""
+    levels = [error]
+    while isinstance(getattr(error, "exceptions", None), tuple) and len(error.exceptions) == 1:  # type: ignore[attr-defined]
+        error = error.exceptions[0]  # type: ignore[attr-defined]
+        levels.append(error)
+    return levels
+
+
 def _chain(error: BaseException | None) -> Iterator[BaseException]:
     seen: set[int] = set()
     todo = [error]
@@ -1147,11 +1215,28 @@ def _run_of(error: BaseException | None) -> int | None:
         tagged = getattr(current, "torture_run", None)
         if isinstance(tagged, int):
             return tagged
-        match = _RUN_TAG.search(str(current))
+        match = _RUN_TAG.search(_safe_str(current))
         if match is not None:
             return int(match.group(1))
         current = current.__cause__
     return None
+
+
+def _safe_str(value: object) -> str:
+    """``str(value)``, or what its ``__str__`` raised (an exception copied without its fields)."""
+    try:
+        return str(value)
+    except Exception as error:  # noqa: BLE001 -- shown in the problem, not raised
+        return f"<str() raised {error!r}>"
+
+
+def _same_error(value: object, error: tuple[type[BaseException], str]) -> bool:
+    """Whether ``value`` is of the type and has the message the leader's exception had."""
+    return type(value) is error[0] and _safe_str(value) == error[1]
+
+
+def _error_text(error: tuple[type[BaseException], str] | None) -> str:
+    return "an exception" if error is None else f"{error[0].__name__}({error[1]!r})"
 
 
 def _safe_repr(value: object) -> str:
@@ -1163,10 +1248,12 @@ def _safe_repr(value: object) -> str:
 
 def _show(kind: str, value: object) -> str:
     if kind == "ok":
-        return f"result {value!r}"
+        return f"result {_safe_repr(value)}"
     if kind == "cancelled":
-        return "CancelledError" + (f"({str(value)!r})" if value is not None and str(value) else "")
-    return f"{type(value).__name__}({str(value)!r})"
+        name = "CancelledError" if value is None else type(value).__name__
+        text = "" if value is None else _safe_str(value)
+        return name + (f"({text!r})" if text else "")
+    return f"{type(value).__name__}({_safe_str(value)!r})"
 
 
 # --------------------------------------------------------------------------------------
