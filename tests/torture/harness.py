@@ -13,6 +13,9 @@ section runs again for a member only after a real departure, no batch exceeds ``
 (distinct) items or ``max_weight``, mixes partitions or loops, or breaks ``max_concurrency``;
 no traceback grows with the batch; ``drain()`` returns once the calls it waited for are done.
 
+The drivers here run asyncio loops; ``harness_trio.py`` runs the same schedules and oracle on
+trio (``run_one(schedule, "trio")``).
+
 After each schedule (drivers :func:`run_one`, :func:`run_threads`): no engine object
 (``Call``/``Batch``/``Partition``), item, task or loop is left alive, the function's
 partition table is empty, and nothing reached the loop's exception handler or
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from tests.support import gc_collect_harder, live_engine_objects, new_virtual_loop, partitions_of
 from tests.torture.schedules import (
     HAS_CANCELLING,
+    TRIO_FAULTS,
     Features,
     Options,
     Schedule,
@@ -1339,8 +1343,13 @@ def run_one(
     """Run ``schedule`` on a fresh loop of ``mode``; return its problems and totals.
 
     Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+),
-    ``uvloop`` (real clock, times scaled down).
+    ``uvloop`` (real clock, times scaled down), ``trio`` (a ``trio.run`` on a MockClock,
+    ``harness_trio.py``).
     """
+    if mode == "trio":
+        from tests.torture.harness_trio import run_trio  # noqa: PLC0415 -- it imports this module
+
+        return run_trio(schedule, sabotage=sabotage, check_table=check_table)
     if schedule.stop is not None:
         return run_abandoned(schedule)
     totals = Totals(schedules=1, calls=len(schedule.calls))
@@ -1533,6 +1542,9 @@ def features_for(mode: str) -> Features:
         return Features(awaiting_cleanup=False, wrappers=(None, "wait_for", "timeout"), drains=False, stop=True)
     if mode == "threads":
         return Features(drains=False)
+    if mode == "trio":
+        # Cancel scopes and nurseries on every Python; a tenth of the schedules shut down.
+        return Features(timeouts=True, stop=True, stop_share=0.1, faults=TRIO_FAULTS)
     return Features()
 
 
@@ -1646,7 +1658,7 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
                 index += 1
                 # Everything alive now passed the leak check: hide it from the next collections.
                 gc.freeze()
-        if failures and mode in {"default", "eager", "abandon"}:
+        if failures and mode in {"default", "eager", "abandon", "trio"}:
             first_failure = failures[0]
             kind = category(first_failure.problems[0])
             run_mode = "default" if mode == "abandon" else mode

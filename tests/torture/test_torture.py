@@ -15,6 +15,9 @@ The size of the run comes from the environment:
 
 * ``CONCRESCE_TORTURE_SEED``: the seed (default ``concresce``; any string).
 
+Modes: asyncio's default loop, eager tasks, uvloop, threads and loops closed by hand
+(``harness.py``), and trio (``harness_trio.py``), each with its share of the calls.
+
 With ``CONCRESCE_TORTURE_CALLS`` set, the totals (calls, schedules, hangs, misroutes, leaks)
 are printed at the end of the pytest run. See docs/torture.md.
 """
@@ -25,7 +28,8 @@ import os
 import sys
 
 import pytest
-from tests.torture.harness import Failure, run_one, torture
+from tests.torture.harness import Failure, run_one, schedule_for, torture
+from tests.torture.harness_trio import TrioRunner
 from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
 
 #: Calls over the whole file, and the seed.
@@ -37,14 +41,15 @@ UVLOOP = sys.platform != "win32"
 
 #: Each mode's share of the calls; eager tasks' share goes to the default loop before 3.12.
 SHARES = {
-    "default": 0.40 if EAGER else 0.65,
-    "eager": 0.25 if EAGER else 0.0,
+    "default": 0.35 if EAGER else 0.55,
+    "eager": 0.20 if EAGER else 0.0,
     "uvloop": 0.05,
-    "threads": 0.15,
-    "abandon": 0.15,
+    "threads": 0.12,
+    "abandon": 0.13,
+    "trio": 0.15,
 }
 #: Calls per second at the least (the real clock of uvloop is the slowest), for time-outs.
-SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500}
+SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500, "trio": 300}
 
 
 def calls_of(mode: str) -> int:
@@ -105,14 +110,61 @@ def test_a_loop_closed_by_hand_with_calls_pending_leaves_nothing_behind():
     report(failures, "abandon")
 
 
-def test_the_oracle_reports_a_misrouted_result():
+@timeout_of("trio")
+def test_every_call_gets_exactly_its_outcome_on_trio():
+    """The same on trio (MockClock): cancel scopes, nurseries, deadlines, shutdowns, in a seeded task order."""
+    _, failures = torture("trio", SEED, calls_of("trio"))
+    report(failures, "trio")
+
+
+@pytest.mark.parametrize("mode", ["default", "trio"])
+def test_the_oracle_reports_a_misrouted_result(mode):
     """The checker is not vacuous: a bulk section that routes the results in reverse is reported as misroutes."""
     schedule = Schedule(
         options=Options(),
         calls=tuple(CallPlan(value=value) for value in range(4)),
         plans=(LeaderPlan(),),
     )
-    problems, _ = run_one(schedule)
+    problems, _ = run_one(schedule, mode)
     assert problems == []
-    problems, totals = run_one(schedule, sabotage=True)
+    problems, totals = run_one(schedule, mode, sabotage=True)
     assert totals.misroutes == 4, problems
+
+
+@pytest.mark.parametrize("structure", [None, "taskgroup"])
+def test_trio_followers_get_the_spurious_cancelled_their_leader_raised(structure):
+    """Found by the trio mode (minimized): a leader raises a trio.Cancelled outside any cancelled scope, a fault.
+
+    Its follower must get it with its type and message (a copy of it), also through a nursery
+    around collect(), and the run must end cleanly.
+    """
+    schedule = Schedule(
+        options=Options(max_window=0.01),
+        calls=(CallPlan(), CallPlan(start=0.001, value=1, structure=structure)),
+        plans=(LeaderPlan(fault="spurious"),),
+    )
+    problems, _ = run_one(schedule, "trio")
+    assert problems == []
+
+
+def test_a_trio_schedule_replays_exactly():
+    """trio's task order is seeded from the schedule: a schedule played twice makes the same runs and outcomes."""
+
+    def trace(index: int) -> list[object]:
+        seen: list[object] = []
+        check = TrioRunner.check
+
+        def recording(runner: TrioRunner, **kwargs: bool) -> list[str]:
+            seen.extend((run.leader, [item.index for item in run.items], run.end, run.end_time) for run in runner.runs)
+            seen.extend((rec.outcome[0], type(rec.outcome[1]).__name__, rec.exit_time) for rec in runner.records)
+            return check(runner, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TrioRunner, "check", recording)
+            run_one(schedule_for("trio", "replay", index), "trio")
+        return seen
+
+    for index in (3, 7, 11):
+        first = trace(index)
+        assert len(first) > 10
+        assert trace(index) == first
