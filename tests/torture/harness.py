@@ -454,6 +454,8 @@ class Runner:
     #: cancellation is delivered at the next checkpoint: a call that reaches none ends as it
     #: would have.
     cancel_is_final: bool = True
+    #: The code of a runtime's own parts of a bulk section (besides lead(), results_for()...).
+    bulk_codes: frozenset[Any] = frozenset()
 
     def __init__(
         self,
@@ -943,6 +945,28 @@ class Runner:
             problems.append(f"items of calls {gone}, cancelled before the leader resumed")
         return [f"batch: {run.describe()}: {p}" for p in problems]
 
+    def foreign_frames(self, rec: Record, error: BaseException) -> list[str]:
+        """The frames of other calls, or of a bulk section ``rec`` never ran, that its outcome holds.
+
+        Each caller's traceback is its own (decision 8): an exception routed to several
+        callers as one object collects the frames of each, and keeps them (and the leader's,
+        with its items) alive.
+        """
+        found: dict[str, None] = {}
+        for link in _chain(error):
+            tb = link.__traceback__
+            while tb is not None:
+                frame = tb.tb_frame
+                code = frame.f_code
+                if code is _BODY_CODE:
+                    other = frame.f_locals.get("rec")
+                    if isinstance(other, Record) and other.index != rec.index:
+                        found[f"call #{other.index}"] = None
+                elif (code in _BULK_CODES or code in self.bulk_codes) and rec.leading is None:
+                    found[f"a bulk section ({code.co_name})"] = None
+                tb = tb.tb_next
+        return list(found)
+
     def gone_before(self, rec: Record, run: Run) -> bool:
         """Whether ``rec`` had left its batch when ``run``'s leader resumed (its item must not be there)."""
         return rec.cancel_seq is not None and rec.cancel_seq < run.seq
@@ -1001,6 +1025,9 @@ class Runner:
             self.max_traceback = max(self.max_traceback, frames)
             if frames > MAX_TRACEBACK:
                 return f"traceback: {type(value).__name__} with {frames} traceback entries"
+            foreign = self.foreign_frames(rec, value)
+            if foreign:
+                return f"traceback: {_show(kind, value)} holds the frames of {', '.join(foreign)}"
         # A task group around collect() may wrap what the call raised in groups (trio's
         # nursery wraps a follower's error, not the leader's, raised after it): judge each level.
         levels = [value]
@@ -1183,6 +1210,19 @@ def _unwrap_group(error: BaseException) -> BaseException:
     while isinstance(getattr(error, "exceptions", None), tuple) and len(error.exceptions) == 1:  # type: ignore[attr-defined]
         error = error.exceptions[0]  # type: ignore[attr-defined]
     return error
+
+
+#: The code of a call's body (its frame names the call) and of a leader's bulk section.
+_BODY_CODE: Final = Runner.body.__code__
+_BULK_CODES: Final = frozenset(
+    {
+        Runner.lead.__code__,
+        Runner.bulk_fault.__code__,
+        Runner.results_for.__code__,
+        _generate.__code__,
+        _key_of.__code__,
+    }
+)
 
 
 def _group_levels(error: BaseException) -> list[BaseException]:
@@ -1468,11 +1508,12 @@ def run_abandoned(schedule: Schedule) -> tuple[list[str], Totals]:
     return problems, _count(totals, problems)
 
 
-def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str], Totals]:
+def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str], Totals]:  # noqa: PLR0915 -- asyncio and trio threads
     """Run each list of schedules in a thread of its own, each schedule on a fresh loop, all at once.
 
     The schedules share their options, hence one batched function (configured once, here).
-    Each schedule's problems end with its label.
+    Each schedule's problems end with its label; a schedule labelled ``threads-trio ...``
+    runs in a ``trio.run`` (``harness_trio.py``) instead of an asyncio loop.
     """
     totals = Totals()
     problems: list[str] = []
@@ -1480,9 +1521,20 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     loop_refs: list[weakref.ref[Any]] = []
     hooks = Hooks()
     fn, _ = function_for(schedules[0][0][1].options)
+    trio_baseline: set[int] | None = None
+    if any(label.startswith("threads-trio") for mine in schedules for label, _ in mine):
+        from tests.torture import harness_trio  # noqa: PLC0415 -- it imports this module
+
+        trio_baseline = harness_trio.baseline()
 
     def work(mine: list[tuple[str, Schedule]]) -> None:
         for label, schedule in mine:
+            if label.startswith("threads-trio"):
+                found, counted = harness_trio.play_in_thread(schedule, label)
+                with lock:
+                    problems.extend(found)
+                    totals.add(counted)
+                continue
             loop = new_loop("default")
             loop.set_exception_handler(hooks.handler)
             runner = Runner(schedule, configure=False)
@@ -1517,6 +1569,8 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     if alive:
         more.append(f"leak: {alive} closed loop(s) still alive after the threads")
     more += _leaks(baseline, _dead, [], fn)
+    if trio_baseline is not None:
+        more += harness_trio.trio_leaks(trio_baseline, fn)
     problems += more
     _count(totals, more)
     totals.failed_schedules = min(totals.failed_schedules, totals.schedules)
@@ -1542,6 +1596,8 @@ def features_for(mode: str) -> Features:
         return Features(awaiting_cleanup=False, wrappers=(None, "wait_for", "timeout"), drains=False, stop=True)
     if mode == "threads":
         return Features(drains=False)
+    if mode == "threads-trio":
+        return Features(timeouts=True, drains=False, faults=TRIO_FAULTS)
     if mode == "trio":
         # Cancel scopes and nurseries on every Python; a tenth of the schedules shut down.
         return Features(timeouts=True, stop=True, stop_share=0.1, faults=TRIO_FAULTS)
@@ -1549,16 +1605,31 @@ def features_for(mode: str) -> Features:
 
 
 def schedule_for(mode: str, seed: str, index: int, options: Options | None = None) -> Schedule:
-    """The ``index``-th schedule of ``mode`` for ``seed`` (deterministic)."""
+    """The ``index``-th schedule of ``mode`` for ``seed`` (deterministic).
+
+    The threads' schedules share the options of their group of ``THREADS * PER_THREAD``
+    (``threads_options()``), which they are drawn with unless ``options`` is given.
+    """
     rng = random.Random(f"{seed}/{mode}/{index}")  # noqa: S311 -- a test schedule, not a secret
+    if options is None and mode in {"threads", "threads-trio"}:
+        options = threads_options(seed, index - index % (THREADS * PER_THREAD))
     return draw_schedule(rng, features_for(mode), options)
+
+
+def threads_options(seed: str, first: int) -> Options:
+    """The options the threads' schedules from ``first`` on share (one batched function)."""
+    return draw_options(random.Random(f"{seed}/threads/{first}"))  # noqa: S311 -- not a secret
+
+
+#: The run_one() mode that replays a schedule of a torture mode (alone, on one thread).
+RUN_MODES: Final = {"abandon": "default", "threads": "default", "threads-trio": "trio"}
 
 
 def replay(mode: str, seed: str, index: int) -> list[str]:
     """Run one schedule of a torture run again; return its problems."""
     schedule = schedule_for(mode, seed, index)
     with quiet_observer_logs():
-        problems, _ = run_one(schedule, "default" if mode == "abandon" else mode)
+        problems, _ = run_one(schedule, RUN_MODES.get(mode, mode))
     return problems
 
 
@@ -1631,7 +1702,7 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
     with quiet_observer_logs():
         if mode == "threads":
             while totals.calls < calls:
-                options = draw_options(random.Random(f"{seed}/threads/{index}"))  # noqa: S311 -- not a secret
+                options = threads_options(seed, index)
                 labelled = {
                     index + k: schedule_for(mode, seed, index + k, options) for k in range(THREADS * PER_THREAD)
                 }
@@ -1642,10 +1713,22 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
                     ]
                     for t in range(THREADS)
                 ]
+                # And a thread of trio runs calling the same function meanwhile (a seed stream
+                # of its own: the asyncio threads' schedules are those they always were).
+                per_thread.append(
+                    [
+                        (f"threads-trio schedule {i}", schedule_for("threads-trio", seed, i, options))
+                        for i in range(index, index + PER_THREAD)
+                    ]
+                )
                 problems, found = run_threads(per_thread)
                 totals.add(found)
                 if problems:
-                    failures.append(Failure(mode, seed, index, problems, labelled[index]))
+                    # The first failing schedule, by its label (replay() plays it alone).
+                    label = re.search(r"\[(threads(?:-trio)?) schedule (\d+)\]$", problems[0])
+                    which, number = (label.group(1), int(label.group(2))) if label else (mode, index)
+                    shown = schedule_for(which, seed, number, options)
+                    failures.append(Failure(which, seed, number, problems, shown))
                 index += THREADS * PER_THREAD
                 gc.freeze()
         else:

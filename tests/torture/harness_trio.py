@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from tests.torture.harness import Record, Run
     from tests.torture.schedules import Schedule
 
-__all__ = ["ROUND_LIMIT", "TrioRunner", "run_trio"]
+__all__ = ["ROUND_LIMIT", "TrioRunner", "baseline", "play", "play_in_thread", "run_trio", "trio_leaks"]
 
 #: Scheduler rounds after which a schedule is taken to livelock (a schedule takes thousands).
 ROUND_LIMIT: Final = 1_000_000
@@ -128,8 +128,8 @@ class TrioRunner(Runner):
     timeout_errors = (trio.TooSlowError,)
     cancel_is_final = False
 
-    def __init__(self, schedule: Schedule, *, sabotage: bool = False) -> None:
-        super().__init__(schedule, sabotage=sabotage)
+    def __init__(self, schedule: Schedule, *, sabotage: bool = False, configure: bool = True) -> None:
+        super().__init__(schedule, sabotage=sabotage, configure=configure)
         self.root: trio.Nursery | None = None
         self.outstanding = 0  # call and drain tasks still running
         self.all_done: trio.Event | None = None
@@ -191,6 +191,8 @@ class TrioRunner(Runner):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_fail, number)
                 await trio.sleep_forever()
+
+    bulk_codes = frozenset({bulk_fault.__code__, _fail.__code__})
 
     @staticmethod
     async def cancel_scope(scope: trio.CancelScope) -> None:
@@ -393,7 +395,7 @@ def _live_trio_objects(ignore: set[int] | frozenset[int] = frozenset()) -> list[
     return [obj for obj in gc.get_objects() if type(obj) in TRIO_CLASSES and id(obj) not in ignore]
 
 
-def _trio_leaks(baseline: set[int], fn: Any) -> list[str]:
+def trio_leaks(baseline: set[int], fn: Any) -> list[str]:
     """What the trio backend and the engine's global tables must not keep after a run."""
     problems = []
     alive = _live_trio_objects(baseline)
@@ -417,31 +419,50 @@ def _trio_leaks(baseline: set[int], fn: Any) -> list[str]:
     return problems
 
 
+def play(runner: TrioRunner) -> list[str]:
+    """Play the runner's schedule in a ``trio.run`` of its own (MockClock, autojump); return what the oracle found."""
+    problems: list[str] = []
+    trio_scheduler._r.seed(repr(runner.schedule))
+    try:
+        trio.run(
+            runner.main,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+            instruments=[RoundLimit(runner)],
+        )
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        shown = "".join(traceback.format_exception(error))
+        problems.append(f"other: the trio run raised {error!r}:\n{shown}")
+    runner.mark_hung()
+    return problems + runner.check(finished=runner.stopped is None)
+
+
+def play_in_thread(schedule: Schedule, label: str) -> tuple[list[str], Totals]:
+    """Play ``schedule`` (in a thread of ``run_threads()``); return its problems, each labelled, and totals."""
+    runner = TrioRunner(schedule, configure=False)
+    found = [f"{problem} [{label}]" for problem in play(runner)]
+    counted = Totals(schedules=1, calls=len(schedule.calls), runs=len(runner.runs), max_traceback=runner.max_traceback)
+    counted.outcomes.update(_kind(rec.outcome) for rec in runner.records)
+    return found, _count(counted, found)
+
+
+def baseline() -> set[int]:
+    """The objects of the trio backend alive now (none should be), for trio_leaks()."""
+    return {id(obj) for obj in _live_trio_objects()}
+
+
 def run_trio(schedule: Schedule, *, sabotage: bool = False, check_table: bool = True) -> tuple[list[str], Totals]:
     """Run ``schedule`` in a ``trio.run`` of its own (MockClock, autojump); return its problems and totals."""
     totals = Totals(schedules=1, calls=len(schedule.calls))
     hooks = Hooks()
-    baseline = {id(obj) for obj in live_engine_objects()}
-    trio_baseline = {id(obj) for obj in _live_trio_objects()}
+    engine_baseline = {id(obj) for obj in live_engine_objects()}
+    trio_baseline = baseline()
     runner = TrioRunner(schedule, sabotage=sabotage)
     fn = runner.fn
     fn.stats(reset=True)
-    problems: list[str] = []
-    trio_scheduler._r.seed(repr(schedule))
     with hooks.installed():
-        try:
-            trio.run(
-                runner.main,
-                clock=trio.testing.MockClock(autojump_threshold=0),
-                instruments=[RoundLimit(runner)],
-            )
-        except BaseException as error:
-            if isinstance(error, KeyboardInterrupt):
-                raise
-            shown = "".join(traceback.format_exception(error))
-            problems.append(f"other: the trio run raised {error!r}:\n{shown}")
-        runner.mark_hung()
-        problems += runner.check(finished=runner.stopped is None)
+        problems = play(runner)
         stats_problems = [] if sabotage else _check_stats(fn, runner)
         totals.runs = len(runner.runs)
         totals.max_traceback = runner.max_traceback
@@ -450,6 +471,6 @@ def run_trio(schedule: Schedule, *, sabotage: bool = False, check_table: bool = 
         del runner
         gc.collect()
     problems += stats_problems + [f"other: {call}" for call in hooks.calls]
-    problems += _leaks(baseline, _dead, items, fn if check_table else None)
-    problems += _trio_leaks(trio_baseline, fn)
+    problems += _leaks(engine_baseline, _dead, items, fn if check_table else None)
+    problems += trio_leaks(trio_baseline, fn)
     return problems, _count(totals, problems)

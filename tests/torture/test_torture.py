@@ -98,7 +98,7 @@ def test_every_call_gets_exactly_its_outcome_on_uvloop():
 
 @timeout_of("threads")
 def test_loops_in_several_threads_share_one_function_without_mixing():
-    """Loops in three threads at once call one batched function: no batch mixes loops, nothing is left behind."""
+    """Asyncio loops in three threads and trio runs in a fourth call one function: no batch mixes loops or runs."""
     _, failures = torture("threads", SEED, calls_of("threads"))
     report(failures, "threads")
 
@@ -142,6 +142,40 @@ def test_trio_followers_get_the_spurious_cancelled_their_leader_raised(structure
         options=Options(max_window=0.01),
         calls=(CallPlan(), CallPlan(start=0.001, value=1, structure=structure)),
         plans=(LeaderPlan(fault="spurious"),),
+    )
+    problems, _ = run_one(schedule, "trio")
+    assert problems == []
+
+
+@pytest.mark.parametrize("mode", ["default", "trio"])
+@pytest.mark.parametrize("result", ["exception", "missing key"])
+def test_duplicates_get_their_exception_result_with_a_traceback_of_their_own(mode, result):
+    """Found by the trio mode (a 53-entry traceback), minimized: under dedupe, duplicates share an exception result.
+
+    Each caller must get it with a traceback of its own, holding no other caller's frames
+    (decision 8), whether it is an Exception result or a MissingResultError for the key.
+    """
+    failing = LeaderPlan(failing=frozenset({0}))
+    plan = failing if result == "exception" else LeaderPlan(routing="dict", missing=frozenset({0}))
+    schedule = Schedule(
+        options=Options(max_window=0.01, dedupe=True),
+        calls=(CallPlan(), CallPlan(start=0.001)),
+        plans=(plan,),
+    )
+    problems, _ = run_one(schedule, mode)
+    assert problems == []
+
+
+def test_trio_followers_get_an_exception_group_without_the_frames_of_the_bulk_section():
+    """Found by the trio mode: a nursery of the bulk section fails, and its ExceptionGroup is a fault.
+
+    Each follower's copy must hold no frame of the bulk section's tasks (their locals hold
+    the items): the sub-exceptions are copied, like the cause and the context.
+    """
+    schedule = Schedule(
+        options=Options(max_window=0.01),
+        calls=(CallPlan(), CallPlan(start=0.001, value=1)),
+        plans=(LeaderPlan(fault="nursery_fails"),),
     )
     problems, _ = run_one(schedule, "trio")
     assert problems == []
