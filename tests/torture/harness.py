@@ -600,7 +600,7 @@ class Runner:
             return "cancelled"
         return "fault" if isinstance(error, Exception) else "closed"
 
-    async def lead(self, rec: Record, items: list[Any]) -> Any:  # noqa: C901 -- every fault has its place
+    async def lead(self, rec: Record, items: list[Any]) -> Any:
         """The leader's part: the bulk section (with its faults), then scatter()."""
         del items
         run = rec.leading
@@ -617,24 +617,38 @@ class Runner:
         if plan.fault == "no_scatter":
             self.end_run(run, None, "no_scatter")
             return NO_SCATTER
-        results, options = self.results_for(run)
-        try:
-            own = scatter(results, **options)
-        except (ItemError, MissingResultError):
-            # The leader's own share: every follower's was routed first.
-            self.end_run(run, None, "scattered")
-            raise
-        except BatchRoutingError as error:
-            self.end_run(run, error, "routing")
-            raise
-        else:
-            self.end_run(run, None, "scattered")
-        finally:
-            self.cancel_flagged("after_scatter", run.part)
+        own = self.route(run)
         if plan.after is not None:
             await self.sleep(plan.after)
         if plan.fault == "after":
             raise LeaderAfterError(run.number, "after scatter()")
+        return own
+
+    def route(self, run: Run) -> Any:
+        """``scatter()`` the run's results; then cancel the calls flagged for right after it."""
+        results, options = self.results_for(run)
+        failure: BaseException | None = None
+        try:
+            own = scatter(results, **options)
+        except (ItemError, MissingResultError) as error:
+            # The leader's own share: every follower's was routed first.
+            self.end_run(run, None, "scattered")
+            failure = error
+        except BatchRoutingError as error:
+            self.end_run(run, error, "routing")
+            failure = error
+        except BaseException as error:  # noqa: BLE001 -- a results generator's, raised below
+            failure = error
+        else:
+            self.end_run(run, None, "scattered")
+        # Outside the except clauses: trio makes the Cancelled it delivers to another task at
+        # once, and gives it the exception being handled here as its __context__.
+        self.cancel_flagged("after_scatter", run.part)
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                del failure
         return own
 
     async def bulk_fault(self, run: Run) -> None:

@@ -28,6 +28,9 @@ import os
 import sys
 
 import pytest
+import trio
+import trio.lowlevel
+from tests.torture import harness_trio
 from tests.torture.harness import Failure, run_one, schedule_for, torture
 from tests.torture.harness_trio import TrioRunner
 from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
@@ -179,6 +182,22 @@ def test_trio_followers_get_an_exception_group_without_the_frames_of_the_bulk_se
     )
     problems, _ = run_one(schedule, "trio")
     assert problems == []
+
+
+@pytest.mark.parametrize("stuck", ["waits forever", "spins"])
+def test_a_trio_schedule_that_never_ends_is_reported_as_a_hang(stuck, monkeypatch):
+    """The trio mode's hang checks are not vacuous: a bulk section that waits forever, or spins without time passing."""
+
+    async def never(runner: TrioRunner, rec: object, items: object) -> None:
+        while stuck == "spins":  # a livelock, on purpose
+            await trio.lowlevel.checkpoint()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(TrioRunner, "lead", never)
+    monkeypatch.setattr(harness_trio, "ROUND_LIMIT", 2000)
+    problems, totals = run_one(Schedule(calls=(CallPlan(), CallPlan(value=1))), "trio")
+    assert totals.hangs == 3, problems
+    assert totals.leaks == totals.other == 0, problems
 
 
 def test_a_trio_schedule_replays_exactly():
