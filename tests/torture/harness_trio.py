@@ -435,7 +435,8 @@ def play(runner: TrioRunner) -> list[str]:
         shown = "".join(traceback.format_exception(error))
         problems.append(f"other: the trio run raised {error!r}:\n{shown}")
     runner.mark_hung()
-    return problems + runner.check(finished=runner.stopped is None)
+    # After a shutdown, or a run that ended with an error, some calls never started or ended.
+    return problems + runner.check(finished=runner.stopped is None and not problems)
 
 
 def play_in_thread(schedule: Schedule, label: str) -> tuple[list[str], Totals]:
