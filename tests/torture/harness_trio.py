@@ -364,6 +364,12 @@ class TrioRunner(Runner):
                 self.note_cancel(rec)
         self.root_nursery().cancel_scope.cancel()
 
+    def crashed(self) -> None:
+        """The run ended with an error: trio cancelled every call, at a time nobody recorded."""
+        for rec in self.records:
+            if rec.scope is not None:
+                self.note_cancel(rec)
+
     def give_up(self, why: str) -> None:
         """A hang: report the calls still running, then cancel everything so that the run ends."""
         hung = [rec.index for rec in self.records if rec.scope is not None and rec.end_seq is None]
@@ -434,6 +440,7 @@ def play(runner: TrioRunner) -> list[str]:
             raise
         shown = "".join(traceback.format_exception(error))
         problems.append(f"other: the trio run raised {error!r}:\n{shown}")
+        runner.crashed()
     runner.mark_hung()
     # After a shutdown, or a run that ended with an error, some calls never started or ended.
     return problems + runner.check(finished=runner.stopped is None and not problems)
