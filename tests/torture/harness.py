@@ -13,6 +13,9 @@ section runs again for a member only after a real departure, no batch exceeds ``
 (distinct) items or ``max_weight``, mixes partitions or loops, or breaks ``max_concurrency``;
 no traceback grows with the batch; ``drain()`` returns once the calls it waited for are done.
 
+The drivers here run asyncio loops; ``harness_trio.py`` runs the same schedules and oracle on
+trio (``run_one(schedule, "trio")``).
+
 After each schedule (drivers :func:`run_one`, :func:`run_threads`): no engine object
 (``Call``/``Batch``/``Partition``), item, task or loop is left alive, the function's
 partition table is empty, and nothing reached the loop's exception handler or
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from tests.support import gc_collect_harder, live_engine_objects, new_virtual_loop, partitions_of
 from tests.torture.schedules import (
     HAS_CANCELLING,
+    TRIO_FAULTS,
     Features,
     Options,
     Schedule,
@@ -196,13 +200,16 @@ NO_SCATTER: Final = "<returned without scatter()>"
 
 
 class AwaitingExit:
-    """An async context manager whose ``__aexit__`` awaits."""
+    """An async context manager whose ``__aexit__`` awaits (a checkpoint of the runner's runtime)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
 
     async def __aenter__(self) -> None:
-        await asyncio.sleep(0)
+        await self.runner.sleep(0)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.sleep(0)
+        await self.runner.sleep(0)
 
 
 # --------------------------------------------------------------------------------------
@@ -350,6 +357,8 @@ class Record:
     cancel_seq: int | None = None
     wrapper_timed_out: bool = False
     outcome: tuple[str, Any] = ("pending", None)
+    scope: Any = None  # trio: the call's own cancel scope (the scheduler's cancellations)
+    end_seq: int | None = None  # trio: when its outcome was recorded
 
 
 @dataclass
@@ -431,7 +440,22 @@ _runner_ids = itertools.count()
 
 
 class Runner:
-    """Plays one schedule on the running loop; :meth:`check` then lists the problems."""
+    """Plays one schedule on the running loop; :meth:`check` then lists the problems.
+
+    This one plays it on asyncio; ``harness_trio.TrioRunner`` on trio. What differs between
+    runtimes is in the methods marked so (``sleep()``, ``group()``, ``cancel_self()``,
+    ``departure()``, ``member_within()``, ``request_cancel()``, ``requested()``, ``now()``,
+    ``main()``...) and in these attributes; the oracle is shared.
+    """
+
+    #: What a deadline the body opened raises when it expires.
+    timeout_errors: tuple[type[BaseException], ...] = _TIMEOUT_ERRORS
+    #: Whether a call whose task was cancelled must end cancelled. Not on trio, where a
+    #: cancellation is delivered at the next checkpoint: a call that reaches none ends as it
+    #: would have.
+    cancel_is_final: bool = True
+    #: The code of a runtime's own parts of a bulk section (besides lead(), results_for()...).
+    bulk_codes: frozenset[Any] = frozenset()
 
     def __init__(
         self,
@@ -478,20 +502,24 @@ class Runner:
             self.problems.append(f"misroute: call #{rec.index} runs with self={host!r}")
         try:
             if rec.plan.wait:
-                await asyncio.sleep(rec.plan.wait * self.scale)
+                await self.sleep(rec.plan.wait)
             if rec.plan.body_timeout is None:
                 return await self.member(rec)
-            cm = asyncio.timeout(rec.plan.body_timeout * self.scale)
-            try:
-                async with cm:
-                    return await self.member(rec)
-            finally:
-                rec.own_timeout = cm.expired()
+            return await self.member_within(rec, rec.plan.body_timeout)
         except BaseException as error:
             run = rec.leading
             if run is not None and run.end is None:
                 self.end_run(run, error)
             raise
+
+    async def member_within(self, rec: Record, seconds: float) -> Any:
+        """``member()`` under a deadline the body opens (around collect() and the bulk section)."""
+        cm = asyncio.timeout(seconds * self.scale)
+        try:
+            async with cm:
+                return await self.member(rec)
+        finally:
+            rec.own_timeout = cm.expired()
 
     async def member(self, rec: Record) -> Any:
         plan = rec.plan
@@ -531,25 +559,48 @@ class Runner:
             try:
                 return await self.collect(rec, item)
             finally:
-                await asyncio.sleep(0)
+                await self.sleep(0)
         if structure == "finally_sleep":
             try:
                 return await self.collect(rec, item)
             finally:
-                await asyncio.sleep(0.001 * self.scale)
+                await self.sleep(0.001)
         if structure == "acm":
-            async with AwaitingExit():
+            async with AwaitingExit(self):
                 return await self.collect(rec, item)
         if structure == "cancel_in_finally":
             try:
                 return await self.collect(rec, item)
             finally:
-                self.request_cancel(rec, asyncio.current_task())
-                await asyncio.sleep(0)
-        async with asyncio.TaskGroup():
+                self.cancel_self(rec)
+                await self.sleep(0)
+        async with self.group():
             return await self.collect(rec, item)
 
-    async def lead(self, rec: Record, items: list[Any]) -> Any:  # noqa: C901 -- every fault has its place
+    # -- what differs between runtimes (asyncio here; see harness_trio.py) -----------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` schedule seconds (a checkpoint when 0)."""
+        await asyncio.sleep(seconds * self.scale)
+
+    def group(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A task group, around collect() (the ``taskgroup`` structure)."""
+        return asyncio.TaskGroup()
+
+    def cancel_self(self, rec: Record) -> None:
+        """The call cancels its own task (it is running)."""
+        self.request_cancel(rec, asyncio.current_task())
+
+    def departure(self, error: BaseException) -> str:
+        """How a leader's run ended that raised ``error`` before scatter() (see Run.end)."""
+        if isinstance(error, asyncio.CancelledError):
+            if HAS_CANCELLING:
+                task = asyncio.current_task()
+                return "departed" if task is not None and task.cancelling() else "ce_fault"
+            return "cancelled"
+        return "fault" if isinstance(error, Exception) else "closed"
+
+    async def lead(self, rec: Record, items: list[Any]) -> Any:
         """The leader's part: the bulk section (with its faults), then scatter()."""
         del items
         run = rec.leading
@@ -562,28 +613,42 @@ class Runner:
             if step == 1:
                 self.cancel_flagged("during_bulk", run.part)
             if step < len(steps):
-                await asyncio.sleep(steps[step] * self.scale)
+                await self.sleep(steps[step])
         if plan.fault == "no_scatter":
             self.end_run(run, None, "no_scatter")
             return NO_SCATTER
-        results, options = self.results_for(run)
-        try:
-            own = scatter(results, **options)
-        except (ItemError, MissingResultError):
-            # The leader's own share: every follower's was routed first.
-            self.end_run(run, None, "scattered")
-            raise
-        except BatchRoutingError as error:
-            self.end_run(run, error, "routing")
-            raise
-        else:
-            self.end_run(run, None, "scattered")
-        finally:
-            self.cancel_flagged("after_scatter", run.part)
+        own = self.route(run)
         if plan.after is not None:
-            await asyncio.sleep(plan.after * self.scale)
+            await self.sleep(plan.after)
         if plan.fault == "after":
             raise LeaderAfterError(run.number, "after scatter()")
+        return own
+
+    def route(self, run: Run) -> Any:
+        """``scatter()`` the run's results; then cancel the calls flagged for right after it."""
+        results, options = self.results_for(run)
+        failure: BaseException | None = None
+        try:
+            own = scatter(results, **options)
+        except (ItemError, MissingResultError) as error:
+            # The leader's own share: every follower's was routed first.
+            self.end_run(run, None, "scattered")
+            failure = error
+        except BatchRoutingError as error:
+            self.end_run(run, error, "routing")
+            failure = error
+        except BaseException as error:  # noqa: BLE001 -- a results generator's, raised below
+            failure = error
+        else:
+            self.end_run(run, None, "scattered")
+        # Outside the except clauses: trio makes the Cancelled it delivers to another task at
+        # once, and gives it the exception being handled here as its __context__.
+        self.cancel_flagged("after_scatter", run.part)
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                del failure
         return own
 
     async def bulk_fault(self, run: Run) -> None:
@@ -600,7 +665,7 @@ class Runner:
             await fut
         if fault == "self_cancel":
             self.request_cancel(self.records[run.leader], asyncio.current_task())
-            await asyncio.sleep(0)
+            await self.sleep(0)
 
     def results_for(self, run: Run) -> tuple[Any, dict[str, Any]]:
         """The leader's results for its items, and scatter()'s keyword arguments."""
@@ -658,18 +723,11 @@ class Runner:
         run.end_seq = next(self.seq)
         run.end_time = self.now()
         if error is not None:
-            run.error = (type(error), str(error))
+            run.error = (type(error), _safe_str(error))
             with contextlib.suppress(AttributeError, TypeError):
                 error.torture_run = run.number  # type: ignore[attr-defined]
         if end is None:
-            if isinstance(error, asyncio.CancelledError):
-                if HAS_CANCELLING:
-                    task = asyncio.current_task()
-                    end = "departed" if task is not None and task.cancelling() else "ce_fault"
-                else:
-                    end = "cancelled"
-            else:
-                end = "fault" if isinstance(error, Exception) else "closed"
+            end = self.departure(error) if error is not None else "closed"
         run.end = end
 
     # -- cancelling -------------------------------------------------------------------------
@@ -896,12 +954,36 @@ class Runner:
             problems.append("items not in arrival order")
         if not items or items[0].index != run.leader:
             problems.append("the leader's own item is not the first")
-        gone = [
-            item.index for item in items if (seq := self.records[item.index].cancel_seq) is not None and seq < run.seq
-        ]
+        gone = [item.index for item in items if self.gone_before(self.records[item.index], run)]
         if gone:
             problems.append(f"items of calls {gone}, cancelled before the leader resumed")
         return [f"batch: {run.describe()}: {p}" for p in problems]
+
+    def foreign_frames(self, rec: Record, error: BaseException) -> list[str]:
+        """The frames of other calls, or of a bulk section ``rec`` never ran, that its outcome holds.
+
+        Each caller's traceback is its own (decision 8): an exception routed to several
+        callers as one object collects the frames of each, and keeps them (and the leader's,
+        with its items) alive.
+        """
+        found: dict[str, None] = {}
+        for link in _chain(error):
+            tb = link.__traceback__
+            while tb is not None:
+                frame = tb.tb_frame
+                code = frame.f_code
+                if code is _BODY_CODE:
+                    other = frame.f_locals.get("rec")
+                    if isinstance(other, Record) and other.index != rec.index:
+                        found[f"call #{other.index}"] = None
+                elif (code in _BULK_CODES or code in self.bulk_codes) and rec.leading is None:
+                    found[f"a bulk section ({code.co_name})"] = None
+                tb = tb.tb_next
+        return list(found)
+
+    def gone_before(self, rec: Record, run: Run) -> bool:
+        """Whether ``rec`` had left its batch when ``run``'s leader resumed (its item must not be there)."""
+        return rec.cancel_seq is not None and rec.cancel_seq < run.seq
 
     def serving_run(
         self,
@@ -957,13 +1039,22 @@ class Runner:
             self.max_traceback = max(self.max_traceback, frames)
             if frames > MAX_TRACEBACK:
                 return f"traceback: {type(value).__name__} with {frames} traceback entries"
-            if kind == "exc" and rec.plan.structure == "taskgroup":
-                value = _unwrap_group(value)
+            foreign = self.foreign_frames(rec, value)
+            if foreign:
+                return f"traceback: {_show(kind, value)} holds the frames of {', '.join(foreign)}"
+        # A task group around collect() may wrap what the call raised in groups (trio's
+        # nursery wraps a follower's error, not the leader's, raised after it): judge each level.
+        levels = [value]
+        if kind == "exc" and rec.plan.structure == "taskgroup":
+            levels = _group_levels(value)
+            value = levels[-1]
+        timeouts = self.timeout_errors
         if self.requested(rec):
-            if kind == "cancelled" or (kind == "exc" and isinstance(value, _TIMEOUT_ERRORS) and rec.own_timeout):
+            if kind == "cancelled" or (kind == "exc" and isinstance(value, timeouts) and rec.own_timeout):
                 return None
-            return f"its task was cancelled, yet it ended with {_show(kind, value)}"
-        if rec.own_timeout and kind == "exc" and isinstance(value, _TIMEOUT_ERRORS):
+            if self.cancel_is_final:
+                return f"its task was cancelled, yet it ended with {_show(kind, value)}"
+        if rec.own_timeout and kind == "exc" and isinstance(value, timeouts):
             return None
         if rec.refused:
             limit = self.options.max_pending
@@ -982,10 +1073,17 @@ class Runner:
         why = self.check_prior(rec, run, prior)
         if why is not None:
             return why
-        tagged = _run_of(value) if kind in {"exc", "cancelled"} else None
-        if tagged is not None and tagged != run.number and not (kind == "cancelled" and run.end == "departed"):
-            return f"misroute: got {_show(kind, value)} from run {tagged}, but was served by {run.describe()}"
-        return self.check_outcome(rec, run, prior=prior, slot_item=slot_item, kind=kind, value=value)
+        first = None
+        for level in reversed(levels):
+            tagged = _run_of(level) if kind in {"exc", "cancelled"} else None
+            if tagged is not None and tagged != run.number and not (kind == "cancelled" and run.end == "departed"):
+                why = f"misroute: got {_show(kind, level)} from run {tagged}, but was served by {run.describe()}"
+            else:
+                why = self.check_outcome(rec, run, prior=prior, slot_item=slot_item, kind=kind, value=level)
+            if why is None:
+                return None
+            first = first or why
+        return first
 
     def check_prior(self, rec: Record, run: Run, prior: list[Run]) -> str | None:
         if HAS_CANCELLING:
@@ -1020,7 +1118,7 @@ class Runner:
                 if kind == "exc" and isinstance(value, MissingResultError) and _same_key(value.key, key):
                     return None
             elif isinstance(expected, BaseException):
-                if kind == "exc" and type(value) is type(expected) and str(value) == str(expected):
+                if kind == "exc" and type(value) is type(expected) and _safe_str(value) == str(expected):
                     return None
             elif kind == "ok" and value == expected:
                 return None
@@ -1028,7 +1126,7 @@ class Runner:
             return f"{what}: got {shown}, but {run.describe()} routed it {expected!r}"
         if end in {"fault", "routing"} and run.error is not None:
             error_type, message = run.error
-            if kind == "exc" and type(value) is error_type and str(value) == message:
+            if kind == "exc" and type(value) is error_type and _safe_str(value) == message:
                 return None
             return f"other: got {shown}, but {run.describe()} raised {error_type.__name__}({message!r})"
         if end == "no_scatter":
@@ -1036,14 +1134,20 @@ class Runner:
                 return None
             return f"other: got {shown}, but {run.describe()} returned without scatter()"
         if end == "ce_fault":
-            if kind == "cancelled":
+            # Every member gets the leader's exception: its type and message (an asyncio task
+            # gives its CancelledError's message to the first to read it, the others get none).
+            if kind == "cancelled" and (run.error is None or not _safe_str(value) or _same_error(value, run.error)):
                 return None
-            return f"other: got {shown}, but {run.describe()} raised CancelledError (a fault)"
+            return f"other: got {shown}, but {run.describe()} raised {_error_text(run.error)} (a fault)"
         if end == "cancelled":  # Python 3.10: the second CancelledError in a batch is a fault
             if kind == "cancelled" and (leader or prior or self.options.dedupe):
                 return None
             return f"other: got {shown}, but {run.describe()} was cancelled"
         if end == "departed":
+            if leader and run.error is not None and kind == "exc" and _same_error(value, run.error):
+                # Its task was cancelled, and its bulk code raised an error of its own (trio:
+                # the leader departs whatever it raised while its cancel scope is cancelled).
+                return None
             return f"hang: ({shown}) was left behind by {run.describe()}; no member re-ran it"
         if end is None:
             return f"hang: ({shown}) is in {run.describe()}, which never ended"
@@ -1122,6 +1226,28 @@ def _unwrap_group(error: BaseException) -> BaseException:
     return error
 
 
+#: The code of a call's body (its frame names the call) and of a leader's bulk section.
+_BODY_CODE: Final = Runner.body.__code__
+_BULK_CODES: Final = frozenset(
+    {
+        Runner.lead.__code__,
+        Runner.bulk_fault.__code__,
+        Runner.results_for.__code__,
+        _generate.__code__,
+        _key_of.__code__,
+    }
+)
+
+
+def _group_levels(error: BaseException) -> list[BaseException]:
+    """``error``, and while it is a group of one exception, that exception (outermost first)."""
+    levels = [error]
+    while isinstance(getattr(error, "exceptions", None), tuple) and len(error.exceptions) == 1:  # type: ignore[attr-defined]
+        error = error.exceptions[0]  # type: ignore[attr-defined]
+        levels.append(error)
+    return levels
+
+
 def _chain(error: BaseException | None) -> Iterator[BaseException]:
     seen: set[int] = set()
     todo = [error]
@@ -1147,11 +1273,28 @@ def _run_of(error: BaseException | None) -> int | None:
         tagged = getattr(current, "torture_run", None)
         if isinstance(tagged, int):
             return tagged
-        match = _RUN_TAG.search(str(current))
+        match = _RUN_TAG.search(_safe_str(current))
         if match is not None:
             return int(match.group(1))
         current = current.__cause__
     return None
+
+
+def _safe_str(value: object) -> str:
+    """``str(value)``, or what its ``__str__`` raised (an exception copied without its fields)."""
+    try:
+        return str(value)
+    except Exception as error:  # noqa: BLE001 -- shown in the problem, not raised
+        return f"<str() raised {error!r}>"
+
+
+def _same_error(value: object, error: tuple[type[BaseException], str]) -> bool:
+    """Whether ``value`` is of the type and has the message the leader's exception had."""
+    return type(value) is error[0] and _safe_str(value) == error[1]
+
+
+def _error_text(error: tuple[type[BaseException], str] | None) -> str:
+    return "an exception" if error is None else f"{error[0].__name__}({error[1]!r})"
 
 
 def _safe_repr(value: object) -> str:
@@ -1163,10 +1306,12 @@ def _safe_repr(value: object) -> str:
 
 def _show(kind: str, value: object) -> str:
     if kind == "ok":
-        return f"result {value!r}"
+        return f"result {_safe_repr(value)}"
     if kind == "cancelled":
-        return "CancelledError" + (f"({str(value)!r})" if value is not None and str(value) else "")
-    return f"{type(value).__name__}({str(value)!r})"
+        name = "CancelledError" if value is None else type(value).__name__
+        text = "" if value is None else _safe_str(value)
+        return name + (f"({text!r})" if text else "")
+    return f"{type(value).__name__}({_safe_str(value)!r})"
 
 
 # --------------------------------------------------------------------------------------
@@ -1252,8 +1397,13 @@ def run_one(
     """Run ``schedule`` on a fresh loop of ``mode``; return its problems and totals.
 
     Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+),
-    ``uvloop`` (real clock, times scaled down).
+    ``uvloop`` (real clock, times scaled down), ``trio`` (a ``trio.run`` on a MockClock,
+    ``harness_trio.py``).
     """
+    if mode == "trio":
+        from tests.torture.harness_trio import run_trio  # noqa: PLC0415 -- it imports this module
+
+        return run_trio(schedule, sabotage=sabotage, check_table=check_table)
     if schedule.stop is not None:
         return run_abandoned(schedule)
     totals = Totals(schedules=1, calls=len(schedule.calls))
@@ -1372,11 +1522,12 @@ def run_abandoned(schedule: Schedule) -> tuple[list[str], Totals]:
     return problems, _count(totals, problems)
 
 
-def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str], Totals]:
+def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str], Totals]:  # noqa: PLR0915 -- asyncio and trio threads
     """Run each list of schedules in a thread of its own, each schedule on a fresh loop, all at once.
 
     The schedules share their options, hence one batched function (configured once, here).
-    Each schedule's problems end with its label.
+    Each schedule's problems end with its label; a schedule labelled ``threads-trio ...``
+    runs in a ``trio.run`` (``harness_trio.py``) instead of an asyncio loop.
     """
     totals = Totals()
     problems: list[str] = []
@@ -1384,9 +1535,20 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     loop_refs: list[weakref.ref[Any]] = []
     hooks = Hooks()
     fn, _ = function_for(schedules[0][0][1].options)
+    trio_baseline: set[int] | None = None
+    if any(label.startswith("threads-trio") for mine in schedules for label, _ in mine):
+        from tests.torture import harness_trio  # noqa: PLC0415 -- it imports this module
+
+        trio_baseline = harness_trio.baseline()
 
     def work(mine: list[tuple[str, Schedule]]) -> None:
         for label, schedule in mine:
+            if label.startswith("threads-trio"):
+                found, counted = harness_trio.play_in_thread(schedule, label)
+                with lock:
+                    problems.extend(found)
+                    totals.add(counted)
+                continue
             loop = new_loop("default")
             loop.set_exception_handler(hooks.handler)
             runner = Runner(schedule, configure=False)
@@ -1421,6 +1583,8 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     if alive:
         more.append(f"leak: {alive} closed loop(s) still alive after the threads")
     more += _leaks(baseline, _dead, [], fn)
+    if trio_baseline is not None:
+        more += harness_trio.trio_leaks(trio_baseline, fn)
     problems += more
     _count(totals, more)
     totals.failed_schedules = min(totals.failed_schedules, totals.schedules)
@@ -1446,20 +1610,40 @@ def features_for(mode: str) -> Features:
         return Features(awaiting_cleanup=False, wrappers=(None, "wait_for", "timeout"), drains=False, stop=True)
     if mode == "threads":
         return Features(drains=False)
+    if mode == "threads-trio":
+        return Features(timeouts=True, drains=False, faults=TRIO_FAULTS)
+    if mode == "trio":
+        # Cancel scopes and nurseries on every Python; a tenth of the schedules shut down.
+        return Features(timeouts=True, stop=True, stop_share=0.1, faults=TRIO_FAULTS)
     return Features()
 
 
 def schedule_for(mode: str, seed: str, index: int, options: Options | None = None) -> Schedule:
-    """The ``index``-th schedule of ``mode`` for ``seed`` (deterministic)."""
+    """The ``index``-th schedule of ``mode`` for ``seed`` (deterministic).
+
+    The threads' schedules share the options of their group of ``THREADS * PER_THREAD``
+    (``threads_options()``), which they are drawn with unless ``options`` is given.
+    """
     rng = random.Random(f"{seed}/{mode}/{index}")  # noqa: S311 -- a test schedule, not a secret
+    if options is None and mode in {"threads", "threads-trio"}:
+        options = threads_options(seed, index - index % (THREADS * PER_THREAD))
     return draw_schedule(rng, features_for(mode), options)
+
+
+def threads_options(seed: str, first: int) -> Options:
+    """The options the threads' schedules from ``first`` on share (one batched function)."""
+    return draw_options(random.Random(f"{seed}/threads/{first}"))  # noqa: S311 -- not a secret
+
+
+#: The run_one() mode that replays a schedule of a torture mode (alone, on one thread).
+RUN_MODES: Final = {"abandon": "default", "threads": "default", "threads-trio": "trio"}
 
 
 def replay(mode: str, seed: str, index: int) -> list[str]:
     """Run one schedule of a torture run again; return its problems."""
     schedule = schedule_for(mode, seed, index)
     with quiet_observer_logs():
-        problems, _ = run_one(schedule, "default" if mode == "abandon" else mode)
+        problems, _ = run_one(schedule, RUN_MODES.get(mode, mode))
     return problems
 
 
@@ -1532,7 +1716,7 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
     with quiet_observer_logs():
         if mode == "threads":
             while totals.calls < calls:
-                options = draw_options(random.Random(f"{seed}/threads/{index}"))  # noqa: S311 -- not a secret
+                options = threads_options(seed, index)
                 labelled = {
                     index + k: schedule_for(mode, seed, index + k, options) for k in range(THREADS * PER_THREAD)
                 }
@@ -1543,10 +1727,22 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
                     ]
                     for t in range(THREADS)
                 ]
+                # And a thread of trio runs calling the same function meanwhile (a seed stream
+                # of its own: the asyncio threads' schedules are those they always were).
+                per_thread.append(
+                    [
+                        (f"threads-trio schedule {i}", schedule_for("threads-trio", seed, i, options))
+                        for i in range(index, index + PER_THREAD)
+                    ]
+                )
                 problems, found = run_threads(per_thread)
                 totals.add(found)
                 if problems:
-                    failures.append(Failure(mode, seed, index, problems, labelled[index]))
+                    # The first failing schedule, by its label (replay() plays it alone).
+                    label = re.search(r"\[(threads(?:-trio)?) schedule (\d+)\]$", problems[0])
+                    which, number = (label.group(1), int(label.group(2))) if label else (mode, index)
+                    shown = schedule_for(which, seed, number, options)
+                    failures.append(Failure(which, seed, number, problems, shown))
                 index += THREADS * PER_THREAD
                 gc.freeze()
         else:
@@ -1559,7 +1755,7 @@ def torture(mode: str, seed: str, calls: int, *, first: int = 0) -> tuple[Totals
                 index += 1
                 # Everything alive now passed the leak check: hide it from the next collections.
                 gc.freeze()
-        if failures and mode in {"default", "eager", "abandon"}:
+        if failures and mode in {"default", "eager", "abandon", "trio"}:
             first_failure = failures[0]
             kind = category(first_failure.problems[0])
             run_mode = "default" if mode == "abandon" else mode

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HAS_CANCELLING",
+    "TRIO_FAULTS",
     "CallPlan",
     "Cancel",
     "Features",
@@ -131,7 +132,14 @@ class LeaderPlan(_Compact):
             a real departure); ``"no_scatter"`` (returns without ``scatter()``);
             ``"key_raises"`` (``scatter(key=...)`` whose key function raises);
             ``"wrong_length"`` (one result too many); ``"gen_raises"`` (a results generator
-            that raises); ``"after"`` (raises after ``scatter()``).
+            that raises); ``"after"`` (raises after ``scatter()``). On trio (``TRIO_FAULTS``),
+            ``"spurious"`` raises a ``trio.Cancelled`` outside any cancelled scope,
+            ``"cancelled_future"`` awaits in a cancel scope of its own that another task
+            cancels, then raises ``trio.ClosedResourceError`` (a driver closed under it),
+            and two more: ``"cancel_converted"`` (cancels its own call's scope and turns the
+            ``Cancelled`` into an error of its own: still a departure) and
+            ``"nursery_fails"`` (a task the bulk section starts in a nursery fails: the
+            nursery cancels the bulk code and raises an ``ExceptionGroup``, a fault).
         fault_step: Before which await (0..len(steps)) the bulk fault happens.
         routing: ``"list"``, ``"tuple"``, ``"gen"`` (positional), ``"dict"``,
             ``"dict_default"``, ``"dict_key"`` (keyed).
@@ -154,7 +162,8 @@ class Schedule(_Compact):
     """One run: options, calls in start order, the leaders' plans, ``drain()`` times.
 
     The n-th leader to resume from ``collect()`` in the run follows ``plans[n % len(plans)]``.
-    ``stop``: the loop is stopped and closed by hand at that time, with calls still pending.
+    ``stop``: the loop is stopped and closed by hand at that time, with calls still pending
+    (on trio: every call still running is cancelled at that time, as at a shutdown).
     """
 
     options: Options = Options()
@@ -173,6 +182,8 @@ class Features:
     wrappers: tuple[str | None, ...] = (None, "wait_for", "timeout", "taskgroup")
     drains: bool = True
     stop: bool = False
+    stop_share: float = 1.0  # with stop: the share of schedules that have a stop time
+    faults: tuple[str, ...] = ()  # the leaders' faults (FAULTS when empty)
 
 
 WINDOWS: Final = (0.0, 0.0, 0.0, 0.001, 0.005, 0.02)
@@ -191,6 +202,8 @@ FAULTS: Final = (
     "gen_raises",
     "after",
 )
+#: The faults of the trio mode: the same, and two that only a cancel scope can make.
+TRIO_FAULTS: Final = (*FAULTS, "cancel_converted", "nursery_fails")
 ROUTINGS: Final = ("list", "list", "tuple", "gen", "dict", "dict_default", "dict_key")
 STRUCTURES: Final = ("finally_await", "finally_sleep", "acm", "cancel_in_finally", "taskgroup")
 #: (fewest, most) calls of a schedule, and how often each size is drawn.
@@ -246,9 +259,9 @@ def _draw_call(rng: random.Random, start: float, values: int, options: Options, 
     )
 
 
-def _draw_plan(rng: random.Random, values: int) -> LeaderPlan:
+def _draw_plan(rng: random.Random, values: int, faults: tuple[str, ...] = FAULTS) -> LeaderPlan:
     steps = tuple(rng.choice(STEP_DELAYS) for _ in range(rng.choice((0, 1, 1, 2, 3))))
-    fault = rng.choice(FAULTS) if _maybe(rng, 0.35) else None
+    fault = rng.choice(faults) if _maybe(rng, 0.35) else None
     routing = rng.choice(ROUTINGS)
     if fault == "gen_raises":
         routing = "gen"
@@ -284,11 +297,12 @@ def draw_schedule(rng: random.Random, features: Features, options: Options | Non
     for _ in range(count):
         start = round(start + rng.choice(ARRIVALS), 6)
         calls.append(_draw_call(rng, start, values, options, features))
-    plans = tuple(_draw_plan(rng, values) for _ in range(rng.randint(1, 4)))
+    plans = tuple(_draw_plan(rng, values, features.faults or FAULTS) for _ in range(rng.randint(1, 4)))
     drains: tuple[float, ...] = ()
     if features.drains and _maybe(rng, 0.1):
         drains = tuple(sorted(round(rng.uniform(0.0, start + 0.01), 4) for _ in range(rng.randint(1, 2))))
-    stop = round(rng.uniform(0.0, start + 0.03), 4) if features.stop else None
+    stopped = features.stop and (features.stop_share >= 1.0 or _maybe(rng, features.stop_share))
+    stop = round(rng.uniform(0.0, start + 0.03), 4) if stopped else None
     return Schedule(options=options, calls=tuple(calls), plans=plans, drains=drains, stop=stop)
 
 

@@ -15,6 +15,9 @@ The size of the run comes from the environment:
 
 * ``CONCRESCE_TORTURE_SEED``: the seed (default ``concresce``; any string).
 
+Modes: asyncio's default loop, eager tasks, uvloop, threads and loops closed by hand
+(``harness.py``), and trio (``harness_trio.py``), each with its share of the calls.
+
 With ``CONCRESCE_TORTURE_CALLS`` set, the totals (calls, schedules, hangs, misroutes, leaks)
 are printed at the end of the pytest run. See docs/torture.md.
 """
@@ -25,7 +28,11 @@ import os
 import sys
 
 import pytest
-from tests.torture.harness import Failure, run_one, torture
+import trio
+import trio.lowlevel
+from tests.torture import harness_trio
+from tests.torture.harness import Failure, run_one, schedule_for, torture
+from tests.torture.harness_trio import TrioRunner
 from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
 
 #: Calls over the whole file, and the seed.
@@ -37,14 +44,15 @@ UVLOOP = sys.platform != "win32"
 
 #: Each mode's share of the calls; eager tasks' share goes to the default loop before 3.12.
 SHARES = {
-    "default": 0.40 if EAGER else 0.65,
-    "eager": 0.25 if EAGER else 0.0,
+    "default": 0.35 if EAGER else 0.55,
+    "eager": 0.20 if EAGER else 0.0,
     "uvloop": 0.05,
-    "threads": 0.15,
-    "abandon": 0.15,
+    "threads": 0.12,
+    "abandon": 0.13,
+    "trio": 0.15,
 }
 #: Calls per second at the least (the real clock of uvloop is the slowest), for time-outs.
-SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500}
+SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500, "trio": 300}
 
 
 def calls_of(mode: str) -> int:
@@ -93,7 +101,7 @@ def test_every_call_gets_exactly_its_outcome_on_uvloop():
 
 @timeout_of("threads")
 def test_loops_in_several_threads_share_one_function_without_mixing():
-    """Loops in three threads at once call one batched function: no batch mixes loops, nothing is left behind."""
+    """Asyncio loops in three threads and trio runs in a fourth call one function: no batch mixes loops or runs."""
     _, failures = torture("threads", SEED, calls_of("threads"))
     report(failures, "threads")
 
@@ -105,14 +113,111 @@ def test_a_loop_closed_by_hand_with_calls_pending_leaves_nothing_behind():
     report(failures, "abandon")
 
 
-def test_the_oracle_reports_a_misrouted_result():
+@timeout_of("trio")
+def test_every_call_gets_exactly_its_outcome_on_trio():
+    """The same on trio (MockClock): cancel scopes, nurseries, deadlines, shutdowns, in a seeded task order."""
+    _, failures = torture("trio", SEED, calls_of("trio"))
+    report(failures, "trio")
+
+
+@pytest.mark.parametrize("mode", ["default", "trio"])
+def test_the_oracle_reports_a_misrouted_result(mode):
     """The checker is not vacuous: a bulk section that routes the results in reverse is reported as misroutes."""
     schedule = Schedule(
         options=Options(),
         calls=tuple(CallPlan(value=value) for value in range(4)),
         plans=(LeaderPlan(),),
     )
-    problems, _ = run_one(schedule)
+    problems, _ = run_one(schedule, mode)
     assert problems == []
-    problems, totals = run_one(schedule, sabotage=True)
+    problems, totals = run_one(schedule, mode, sabotage=True)
     assert totals.misroutes == 4, problems
+
+
+@pytest.mark.parametrize("structure", [None, "taskgroup"])
+def test_trio_followers_get_the_spurious_cancelled_their_leader_raised(structure):
+    """Found by the trio mode (minimized): a leader raises a trio.Cancelled outside any cancelled scope, a fault.
+
+    Its follower must get it with its type and message (a copy of it), also through a nursery
+    around collect(), and the run must end cleanly.
+    """
+    schedule = Schedule(
+        options=Options(max_window=0.01),
+        calls=(CallPlan(), CallPlan(start=0.001, value=1, structure=structure)),
+        plans=(LeaderPlan(fault="spurious"),),
+    )
+    problems, _ = run_one(schedule, "trio")
+    assert problems == []
+
+
+@pytest.mark.parametrize("mode", ["default", "trio"])
+@pytest.mark.parametrize("result", ["exception", "missing key"])
+def test_duplicates_get_their_exception_result_with_a_traceback_of_their_own(mode, result):
+    """Found by the trio mode (a 53-entry traceback), minimized: under dedupe, duplicates share an exception result.
+
+    Each caller must get it with a traceback of its own, holding no other caller's frames
+    (decision 8), whether it is an Exception result or a MissingResultError for the key.
+    """
+    failing = LeaderPlan(failing=frozenset({0}))
+    plan = failing if result == "exception" else LeaderPlan(routing="dict", missing=frozenset({0}))
+    schedule = Schedule(
+        options=Options(max_window=0.01, dedupe=True),
+        calls=(CallPlan(), CallPlan(start=0.001)),
+        plans=(plan,),
+    )
+    problems, _ = run_one(schedule, mode)
+    assert problems == []
+
+
+def test_trio_followers_get_an_exception_group_without_the_frames_of_the_bulk_section():
+    """Found by the trio mode: a nursery of the bulk section fails, and its ExceptionGroup is a fault.
+
+    Each follower's copy must hold no frame of the bulk section's tasks (their locals hold
+    the items): the sub-exceptions are copied, like the cause and the context.
+    """
+    schedule = Schedule(
+        options=Options(max_window=0.01),
+        calls=(CallPlan(), CallPlan(start=0.001, value=1)),
+        plans=(LeaderPlan(fault="nursery_fails"),),
+    )
+    problems, _ = run_one(schedule, "trio")
+    assert problems == []
+
+
+@pytest.mark.parametrize("stuck", ["waits forever", "spins"])
+def test_a_trio_schedule_that_never_ends_is_reported_as_a_hang(stuck, monkeypatch):
+    """The trio mode's hang checks are not vacuous: a bulk section that waits forever, or spins without time passing."""
+
+    async def never(runner: TrioRunner, rec: object, items: object) -> None:
+        while stuck == "spins":  # a livelock, on purpose
+            await trio.lowlevel.checkpoint()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(TrioRunner, "lead", never)
+    monkeypatch.setattr(harness_trio, "ROUND_LIMIT", 2000)
+    problems, totals = run_one(Schedule(calls=(CallPlan(), CallPlan(value=1))), "trio")
+    assert totals.hangs == 3, problems
+    assert totals.leaks == totals.other == 0, problems
+
+
+def test_a_trio_schedule_replays_exactly():
+    """trio's task order is seeded from the schedule: a schedule played twice makes the same runs and outcomes."""
+
+    def trace(index: int) -> list[object]:
+        seen: list[object] = []
+        check = TrioRunner.check
+
+        def recording(runner: TrioRunner, **kwargs: bool) -> list[str]:
+            seen.extend((run.leader, [item.index for item in run.items], run.end, run.end_time) for run in runner.runs)
+            seen.extend((rec.outcome[0], type(rec.outcome[1]).__name__, rec.exit_time) for rec in runner.records)
+            return check(runner, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TrioRunner, "check", recording)
+            run_one(schedule_for("trio", "replay", index), "trio")
+        return seen
+
+    for index in (3, 7, 11):
+        first = trace(index)
+        assert len(first) > 10
+        assert trace(index) == first
