@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._batches import BULK
 from ._calls import FAILED, MEMBER, RESUMED
+from ._runtime import follower_fault
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._batches import Batch
     from ._calls import Call
 
@@ -108,25 +111,43 @@ def slot_items(batch: Batch) -> list[Any]:
 # -- ending -------------------------------------------------------------------------
 
 
-def deliver(batch: Batch, shares: list[Any]) -> None:
+def deliver(batch: Batch, shares: list[Any], own: object) -> None:
     """Route ``shares[slot]`` to every follower still waiting, then end the batch.
 
-    The leader is no longer a MEMBER: it is skipped like a member cancelled since.
+    The leader is no longer a MEMBER: it is skipped like a member cancelled since; ``own``
+    is its share. An exception result that goes to more than one caller (equal items under
+    dedupe, or one object in several slots) is raised as it is in one of them and as a copy
+    in each other (``follower_copy()``): raising one object in several tasks would give each
+    caller's traceback the frames of the others.
     """
     callers = batch.callers
     values = shares if batch.direct else [shares[member.slot] for member in callers]
+    routed: set[int] = set()
     for member, value in zip(callers, values, strict=True):
         fut = member.fut
         if member.state != MEMBER or fut.done():
             continue  # the leader, or cancelled since: its result is dropped
-        member.value = value
         if isinstance(value, Exception):
             member.state = FAILED
-            member.tb = value.__traceback__
+            if value is own or id(value) in routed:
+                member.value = follower_copy(value, _shared(batch))
+                member.tb = None
+            else:
+                routed.add(id(value))
+                member.value = value
+                member.tb = value.__traceback__
         else:
+            member.value = value
             member.state = RESUMED
         fut.set_result(None)
     batch.finish("ok")
+
+
+def _shared(batch: Batch) -> str:
+    return (
+        f"concresce: a copy of the exception result that the leader of this call's batch of "
+        f"{batch.part.batcher.name} routed to several callers"
+    )
 
 
 def fail(batch: Batch, error: BaseException, leader: Call) -> None:
@@ -135,14 +156,16 @@ def fail(batch: Batch, error: BaseException, leader: Call) -> None:
     Each follower gets its own copy (``follower_copy()``), so that its traceback is its
     own and keeps no frame of the leader's alive.
     """
-    origin = fault_origin(error, batch.part.batcher.name)
+    name = batch.part.batcher.name
+    origin = fault_origin(error, name)
+    shared = follower_fault(error, name)
     for member in batch.members:
         if member is leader:
             continue
         fut = member.fut
         if member.state != MEMBER or fut.done():
             continue
-        member.value = follower_copy(error, origin)
+        member.value = follower_copy(shared, origin)
         member.tb = None
         member.state = FAILED
         fut.set_result(None)
@@ -178,14 +201,21 @@ def follower_copy(error: BaseException, origin: str) -> BaseException:
 
 
 def _bare_copy(error: BaseException, depth: int) -> BaseException:
-    """``error`` rebuilt without a traceback, with its cause and context copied likewise."""
+    """``error`` rebuilt without a traceback, with its cause and context copied likewise.
+
+    An exception group's members are copied the same way (they hold the frames of the tasks
+    that raised them); the attributes of an exception with ``__slots__`` are copied too.
+    """
     cls = type(error)
     try:
-        copy = cls.__new__(cls, *error.args)
-        copy.args = error.args
-        state = getattr(error, "__dict__", None)
-        if state:
-            copy.__dict__.update(state)
+        members = _members(error)
+        if members is not None:
+            derive: Callable[[list[BaseException]], BaseException] = getattr(error, "derive")  # noqa: B009 -- 3.10's backport
+            copy = derive([_bare_copy(member, depth) for member in members])
+        else:
+            copy = cls.__new__(cls, *error.args)
+            copy.args = error.args
+        _copy_state(error, copy)
     except Exception:  # noqa: BLE001 -- an exception type that cannot be rebuilt this way
         return error
     if depth:
@@ -197,3 +227,25 @@ def _bare_copy(error: BaseException, depth: int) -> BaseException:
             copy.__context__ = link
     copy.__suppress_context__ = error.__suppress_context__
     return copy
+
+
+def _members(error: BaseException) -> tuple[BaseException, ...] | None:
+    """The exceptions of an exception group (the 3.10 backport's too), else None."""
+    members = getattr(error, "exceptions", None)
+    if isinstance(members, tuple) and callable(getattr(error, "derive", None)):
+        return cast("tuple[BaseException, ...]", members)
+    return None
+
+
+def _copy_state(error: BaseException, copy: BaseException) -> None:
+    """Copy the attributes of ``error`` (its ``__dict__`` and its slots) onto ``copy``."""
+    state = getattr(error, "__dict__", None)
+    if state:
+        copy.__dict__.update(state)
+    for klass in type(error).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in {"__dict__", "__weakref__"} or not hasattr(error, name):
+                continue
+            # object.__setattr__: a frozen (attrs) exception refuses setattr.
+            object.__setattr__(copy, name, getattr(error, name))

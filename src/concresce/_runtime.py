@@ -29,7 +29,18 @@ from . import _asyncio, _trio
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Hashable
 
-__all__ = ["Handle", "Loop", "Waiter", "current_task", "departs", "loop_of", "misplaced", "running", "running_loop"]
+__all__ = [
+    "Handle",
+    "Loop",
+    "Waiter",
+    "current_task",
+    "departs",
+    "follower_fault",
+    "loop_of",
+    "misplaced",
+    "running",
+    "running_loop",
+]
 
 
 class Handle(Protocol):
@@ -161,6 +172,15 @@ def departs(error: BaseException, handovers: int) -> bool:
     if _asyncio_loop() is not None:
         return _asyncio.departs(error, handovers)
     return any(runtime.running() is not None and runtime.departs(error, handovers) for runtime in _OTHERS)
+
+
+def follower_fault(error: BaseException, name: str) -> BaseException:
+    """What the followers of a leader that raised ``error`` (a fault) get.
+
+    ``error`` itself, unless the runtime cannot raise it in another task (trio's ``Cancelled``).
+    """
+    fault = _trio.follower_fault(error, name)
+    return error if fault is None else fault
 
 
 def loop_of(task: object) -> Loop | None:

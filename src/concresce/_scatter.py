@@ -94,8 +94,8 @@ def scatter(
     # Any other exception (say, a results generator that raised) leaves this call the
     # leader: it propagates like any fault of the leader, to every follower.
     call.state = SCATTERED
-    deliver(batch, shares)
     own = shares[call.slot]
+    deliver(batch, shares, own)
     if isinstance(own, Exception):
         raise own
     return own

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
-__all__ = ["TrioLoop", "TrioWaiter", "current_task", "departs", "loop_of", "running"]
+__all__ = ["TrioLoop", "TrioWaiter", "current_task", "departs", "follower_fault", "loop_of", "running"]
 
 # The RunVar holding each run's TrioLoop; made at the first call under trio.
 _loops: Any = None
@@ -69,6 +69,27 @@ def departs(error: BaseException, handovers: int) -> bool:  # noqa: ARG001 -- th
     trio: Any = sys.modules["trio"]
     deadline: float = trio.current_effective_deadline()
     return deadline == float("-inf")
+
+
+def follower_fault(error: BaseException, name: str) -> BaseException | None:
+    """What followers get instead of a ``trio.Cancelled`` their leader raised as a fault.
+
+    trio takes a ``Cancelled`` raised in a task for a cancellation of that task's scopes: a
+    nursery around a follower's ``collect()`` would swallow it and run the code after
+    ``collect()``. So the followers of a leader that raised one without being cancelled get a
+    ``RuntimeError`` that says so, caused by (a copy of) it. None for anything else.
+    """
+    trio: Any = sys.modules.get("trio")
+    if trio is None or not isinstance(error, trio.Cancelled):
+        return None
+    fault = RuntimeError(
+        f"{name}: the leader of this call's batch raised trio.Cancelled while its task was not "
+        "cancelled (a cancellation from nowhere: a library bug, or a resource closed under it); "
+        "a Cancelled raised in this task would be taken for its own cancellation, so it gets this "
+        "error instead"
+    )
+    fault.__cause__ = error
+    return fault
 
 
 def loop_of(task: object) -> TrioLoop | None:  # noqa: ARG001 -- the Runtime signature

@@ -1138,6 +1138,8 @@ class Runner:
             # gives its CancelledError's message to the first to read it, the others get none).
             if kind == "cancelled" and (run.error is None or not _safe_str(value) or _same_error(value, run.error)):
                 return None
+            if not leader and kind == "exc" and _is_stray_cancellation(value, run.error):
+                return None  # trio: a Cancelled the leader raised reaches followers as a RuntimeError
             return f"other: got {shown}, but {run.describe()} raised {_error_text(run.error)} (a fault)"
         if end == "cancelled":  # Python 3.10: the second CancelledError in a batch is a fault
             if kind == "cancelled" and (leader or prior or self.options.dedupe):
@@ -1193,6 +1195,17 @@ def _key_of(item: Item, *, number: int, fail: bool, dedupe: bool) -> object:
     if fail:
         raise KeyFunctionError(number, "key function fails")
     return _key(item, dedupe=dedupe)
+
+
+def _is_stray_cancellation(value: object, error: Any) -> bool:
+    """A follower's RuntimeError caused by the trio.Cancelled its leader raised as a fault."""
+    cause = getattr(value, "__cause__", None)
+    return (
+        isinstance(value, RuntimeError)
+        and "raised trio.Cancelled while its task was not cancelled" in _safe_str(value)
+        and type(cause).__name__ == "Cancelled"
+        and (error is None or _same_error(cause, error))
+    )
 
 
 def _same_key(got: object, expected: object) -> bool:

@@ -63,7 +63,7 @@ from tests.torture.harness import (
 )
 from trio._core import _run as trio_scheduler
 
-from concresce import _state, _trio
+from concresce import _calls, _trio
 
 if TYPE_CHECKING:
     from tests.torture.harness import Record, Run
@@ -408,16 +408,16 @@ def trio_leaks(baseline: set[int], fn: Any) -> list[str]:
     if alive:
         problems.append(f"leak: {len(alive)} object(s) of the trio backend alive after its run: {alive[:5]!r}")
     del alive
-    tasks = [task for task in _state.CALLS if isinstance(task, trio.lowlevel.Task)]
+    tasks = [task for task in _calls.CALLS if isinstance(task, trio.lowlevel.Task)]
     if tasks:
         problems.append(f"leak: {len(tasks)} trio task(s) still in the table of current calls: {tasks[:5]!r}")
         for task in tasks:  # so that the next schedules are judged on their own
-            del _state.CALLS[task]
-    nested = [task for task in _state.OUTER if isinstance(task, trio.lowlevel.Task)]
+            del _calls.CALLS[task]
+    nested = [task for task in _calls.OUTER if isinstance(task, trio.lowlevel.Task)]
     if nested:
         problems.append(f"leak: {len(nested)} trio task(s) still in the table of nested calls")
         for task in nested:
-            del _state.OUTER[task]
+            del _calls.OUTER[task]
     drainers = fn.stats.__self__.batcher.drainers
     if drainers:
         problems.append(f"leak: {len(drainers)} drain() waiter(s) left in the function's list")

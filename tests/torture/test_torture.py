@@ -138,8 +138,9 @@ def test_the_oracle_reports_a_misrouted_result(mode):
 def test_trio_followers_get_the_spurious_cancelled_their_leader_raised(structure):
     """Found by the trio mode (minimized): a leader raises a trio.Cancelled outside any cancelled scope, a fault.
 
-    Its follower must get it with its type and message (a copy of it), also through a nursery
-    around collect(), and the run must end cleanly.
+    Its follower must get a RuntimeError caused by it (a Cancelled raised in the follower's
+    task would be taken for a cancellation of its own scopes: decision 41), also through a
+    nursery around collect(), and the run must end cleanly.
     """
     schedule = Schedule(
         options=Options(max_window=0.01),
