@@ -33,6 +33,7 @@ from tests.support import (
     new_virtual_loop,
     pending_tasks,
     record_exception_handler_calls,
+    slow_tests,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ VIRTUAL_CLOCK_BACKENDS: Final = frozenset({"asyncio", "asyncio+eager", "trio"})
 
 _call_passed = pytest.StashKey[bool]()
 _clock_deselected = pytest.StashKey[int]()
+_runtimes_collected = pytest.StashKey[bool]()
 
 #: The folder whose tests need real servers, relative to the rootdir.
 INTEGRATION_PREFIX: Final = "tests/integration/"
@@ -102,6 +104,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             selected.append(item)
     config.stash[_clock_deselected] = len(deselected)
+    config.stash[_runtimes_collected] = any(item.nodeid.startswith("tests/runtimes/") for item in items)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
@@ -138,6 +141,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if n_clock:
         terminalreporter.write_line(
             f"deselected: {n_clock} uvloop variants of virtual-clock tests (uvloop's clock cannot be replaced)"
+        )
+    if not slow_tests() and terminalreporter.config.stash.get(_runtimes_collected, False):
+        terminalreporter.write_line(
+            "not run: the uvloop variants of tests/runtimes (the contract suite), which run with the "
+            "slow set: CONCRESCE_SLOW_TESTS=1 uv run pytest"
         )
 
 
