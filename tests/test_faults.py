@@ -1007,3 +1007,87 @@ async def test_a_refused_call_leaves_the_other_members_of_its_batch_waiting():
     with pytest.raises(RuntimeError, match="called from its own bulk section"):
         await asyncio.wait_for(leader, 5)
     assert await asyncio.wait_for(other, 5) == 1
+
+
+class SlottedError(Exception):
+    """An exception whose fields live in slots (as attrs makes them): one set, one never set."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OneSlotError(SlottedError):
+    __slots__ = "hint"  # noqa: PLC0205 -- a single slot may be named by a string: copied too
+
+    def __init__(self, message: str, code: int, hint: str) -> None:
+        super().__init__(message, code)
+        self.hint = hint
+
+
+async def test_a_followers_copy_keeps_the_fields_of_an_exception_with_slots():
+    """Decision 42: slots are copied (a slot never set stays unset), so the copy reads like the original."""
+
+    @batch
+    async def fetch(x):
+        await collect(x)
+        raise OneSlotError("no row", 404, "retry later")  # noqa: EM101, TRY003
+
+    leader, follower = await asyncio.gather(*(fetch(x) for x in range(2)), return_exceptions=True)
+
+    assert copy_of(follower, leader)
+    assert (follower.code, follower.hint) == (404, "retry later")
+    assert not hasattr(follower, "detail")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in Python 3.11")
+async def test_a_followers_copy_of_an_exception_group_copies_its_members_without_their_frames():
+    """Decision 42: the members of a group hold the frames of the tasks that raised them; each follower gets copies."""
+
+    async def fetch_rows(keys):
+        raise ConnectionError(f"database down ({len(keys)} keys)")  # noqa: EM102, TRY003
+
+    @batch
+    async def fetch(x):
+        keys = await collect(x)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fetch_rows(keys))
+        return scatter(keys)
+
+    results = await asyncio.gather(*(fetch(x) for x in range(3)), return_exceptions=True)
+
+    leader, *followers = results
+    (original,) = leader.exceptions
+    assert original.__traceback__ is not None
+    for follower in followers:
+        assert copy_of(follower, leader) is False  # a group's args hold its members: rebuilt, not equal
+        assert type(follower) is type(leader)
+        assert str(follower) == str(leader)
+        (member,) = follower.exceptions
+        assert member is not original
+        assert copy_of(member, original)
+        assert member.__traceback__ is None
+    assert followers[0].exceptions[0] is not followers[1].exceptions[0]
+
+
+@pytest.mark.parametrize("how", ["dedupe", "one object in two slots"])
+async def test_one_exception_result_for_several_callers_is_raised_as_a_copy_in_all_but_one(how):
+    """Decision 42: each caller raises an object of its own, so no traceback gathers another caller's frames."""
+    error = LookupError("no such user")
+
+    @batch(dedupe=how == "dedupe")
+    async def fetch(x):
+        items = await collect(x)
+        return scatter([error for _ in items])
+
+    items = ["same"] * 4 if how == "dedupe" else ["a", "b", "c", "d"]
+    results = await asyncio.gather(*(fetch(x) for x in items), return_exceptions=True)
+
+    assert sum(result is error for result in results) == 1  # the leader's own
+    assert all(result is error or copy_of(result, error) for result in results)
+    assert len({id(result) for result in results}) == 4
+    for result in results:
+        frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(result.__traceback__)]
+        assert frames.count("wrapper") == 1, frames  # its own call's frames only

@@ -28,7 +28,12 @@ def departs(error: BaseException, handovers: int) -> bool:
     """
     if sys.version_info >= (3, 11):
         task = current_task()
-        return task is not None and task.cancelling() > 0
+        if task is None or not task.cancelling():
+            return False
+        # Python 3.11 and 3.12: a TaskGroup whose child failed leaves the cancellation it
+        # requested of its own task behind as it raises the group (3.13 withdraws it). The
+        # group is the child's fault, not a departure (decision 43).
+        return sys.version_info >= (3, 13) or not isinstance(error, BaseExceptionGroup)  # noqa: F821 -- 3.11+
     return isinstance(error, CancelledError) and not handovers  # pragma: no cover -- 3.10
 
 
