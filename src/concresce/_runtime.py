@@ -114,6 +114,10 @@ class Runtime(Protocol):
         """The loop of one of this runtime's tasks, or None if ``task`` is not one."""
         ...
 
+    def follower_fault(self, error: BaseException, name: str) -> BaseException | None:
+        """What followers get instead of ``error``, if this runtime cannot raise it in them."""
+        ...
+
 
 #: The runtimes asked after asyncio, in order. A new runtime: a module, and a line here.
 _OTHERS: Final[tuple[Runtime, ...]] = (_trio,)
@@ -179,8 +183,11 @@ def follower_fault(error: BaseException, name: str) -> BaseException:
 
     ``error`` itself, unless the runtime cannot raise it in another task (trio's ``Cancelled``).
     """
-    fault = _trio.follower_fault(error, name)
-    return error if fault is None else fault
+    for runtime in _OTHERS:
+        fault = runtime.follower_fault(error, name)
+        if fault is not None:
+            return fault
+    return error
 
 
 def loop_of(task: object) -> Loop | None:
