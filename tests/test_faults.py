@@ -27,7 +27,7 @@ from tests.support import (
     wait_all_tasks_blocked,
 )
 
-from concresce import batch, collect, scatter
+from concresce import BatchRoutingError, MissingResultError, batch, collect, scatter
 from concresce._calls import OUTER
 from concresce._closed_loops import sweep_closed_loops
 
@@ -1091,3 +1091,71 @@ async def test_one_exception_result_for_several_callers_is_raised_as_a_copy_in_a
     for result in results:
         frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(result.__traceback__)]
         assert frames.count("wrapper") == 1, frames  # its own call's frames only
+
+
+async def test_a_generator_exit_the_bulk_code_raises_in_its_task_is_a_fault_run_once():
+    """Only a coroutine closed outside its task departs; a GeneratorExit raised by the bulk code is a fault."""
+    runs = Recorder()
+
+    @batch
+    async def fetch(x):
+        items = await collect(x)
+        runs(items)
+        await asyncio.sleep(0)
+        raise GeneratorExit("the driver raised it")  # noqa: EM101, TRY003
+
+    results = await asyncio.gather(*(fetch(x) for x in range(4)), return_exceptions=True)
+
+    assert runs == [[0, 1, 2, 3]]
+    assert [type(result) for result in results] == [GeneratorExit] * 4
+
+
+class UnprintableItem:
+    """A hashable item whose repr() raises."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __hash__(self):
+        return hash(self.n)
+
+    def __eq__(self, other):
+        return isinstance(other, UnprintableItem) and other.n == self.n
+
+    def __repr__(self):
+        raise RuntimeError("repr boom")  # noqa: EM101, TRY003
+
+
+async def test_an_item_whose_repr_raises_still_gets_its_own_missing_result_error():
+    """The message of a per-caller error must not turn it into a fault of the batch."""
+
+    @batch
+    async def fetch(item):
+        items = await collect(item)
+        return scatter({it: it.n for it in items if it.n != 1})
+
+    results = await asyncio.gather(*(fetch(UnprintableItem(n)) for n in range(3)), return_exceptions=True)
+
+    assert results[0] == 0
+    assert results[2] == 2
+    assert type(results[1]) is MissingResultError
+    assert "its repr() raised RuntimeError" in str(results[1])
+
+
+async def test_a_key_function_error_whose_str_raises_is_still_a_routing_error():
+    class UnprintableError(Exception):
+        def __str__(self):
+            raise RuntimeError("str boom")  # noqa: EM101, TRY003
+
+    def key(item):
+        raise UnprintableError
+
+    @batch
+    async def fetch(item):
+        items = await collect(item)
+        return scatter({item: item for item in items}, key=key)
+
+    results = await asyncio.gather(*(fetch(n) for n in range(2)), return_exceptions=True)
+
+    assert [type(result) for result in results] == [BatchRoutingError] * 2
+    assert "<str() raised RuntimeError>" in str(results[0])

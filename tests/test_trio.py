@@ -26,6 +26,11 @@ from concresce._trio import TrioLoop
 
 #: Every test drives its own run; a deadlock fails on the suite's time-out.
 
+if sys.version_info >= (3, 11):
+    Group = BaseExceptionGroup  # noqa: F821 -- a builtin from 3.11 on
+else:  # trio's dependency on 3.10
+    from exceptiongroup import BaseExceptionGroup as Group
+
 
 def run(main, *args):
     """``trio.run(main, *args)`` on a fresh MockClock with autojump."""
@@ -488,3 +493,67 @@ def test_the_sweep_of_closed_loops_leaves_the_calls_of_a_trio_run_alone():
     assert run(fn, 1) == 1
     assert seen == [None, True]
     assert loop_of(object()) is None
+
+
+def test_a_trio_guest_run_on_an_asyncio_host_batches_its_calls():
+    """trio in guest mode runs its tasks from asyncio callbacks: the calls are trio's, and batch."""
+    import asyncio  # noqa: PLC0415
+
+    batches = Recorder()
+    fn = echo(batches)
+    results = {}
+
+    async def trio_main():
+        await call_all(fn, range(3), results)
+
+    async def host():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done.set_result
+        )
+        (await done).unwrap()
+
+    asyncio.run(host())
+    assert results == {0: 0, 1: 10, 2: 20}
+    assert len(batches) == 1
+    assert sorted(batches[0][1]) == [0, 1, 2]
+
+
+def test_an_exception_group_holding_a_stray_cancelled_reaches_followers_as_a_runtime_error():
+    """Decision 41 for groups: a follower's nursery would swallow the Cancelled and run code after collect()."""
+    after = Recorder()
+    outcomes = {}
+
+    @batch(max_window=0.01)
+    async def fn(item):
+        async with trio.open_nursery():
+            await collect(item)
+        after(item)
+        raise Group("bulk", [trio.Cancelled._create(source="unknown"), ValueError("x")])  # noqa: EM101
+
+    async def caller(item):
+        try:
+            await fn(item)
+        except BaseException as error:  # noqa: BLE001 -- the outcome under test
+            # A follower's nursery wraps what collect() raised in a group of its own.
+            outcomes[item] = [type(inner).__name__ for inner in error.exceptions]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            for item in range(3):
+                nursery.start_soon(caller, item)
+
+    run(main)
+    assert len(after) == 1  # the leader's code after collect(), once
+    (leader,) = after
+    expected = {item: ["RuntimeError"] for item in range(3)}
+    expected[leader] = ["Cancelled", "ValueError"]
+    assert outcomes == expected
+
+
+def test_a_module_named_curio_without_its_meta_module_changes_nothing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "curio", types.ModuleType("curio"))
+    coro = collect(1)
+    with pytest.raises(RuntimeError, match=r"outside a call of a @batch function"):
+        coro.send(None)

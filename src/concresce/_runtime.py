@@ -130,7 +130,10 @@ def running() -> tuple[Any, Any]:
     """The task running now and its loop, or ``(None, None)`` outside every runtime."""
     loop = _asyncio_loop()
     if loop is not None:
-        return _asyncio_task(loop), loop
+        task = _asyncio_task(loop)
+        if task is not None:
+            return task, loop
+        # An asyncio loop without a task: a callback, or trio's guest run on an asyncio host.
     for runtime in _OTHERS:
         found = runtime.running()
         if found is not None:
@@ -142,11 +145,13 @@ def current_task() -> Any:
     """The task running now, or None outside every runtime."""
     loop = _asyncio_loop()
     if loop is not None:
-        return _asyncio_task(loop)
-    for runtime in _OTHERS:
-        task = runtime.current_task()
+        task = _asyncio_task(loop)
         if task is not None:
             return task
+    for runtime in _OTHERS:
+        other = runtime.current_task()
+        if other is not None:
+            return other
     return None
 
 
@@ -167,13 +172,12 @@ def departs(error: BaseException, handovers: int) -> bool:
     """Whether a leader that raised ``error`` before scatter() leaves its batch (a handover).
 
     It leaves when its task really has a cancellation request, whatever the bulk code made
-    of it, or when its coroutine is being closed (``GeneratorExit``: it can never finish).
+    of it (a coroutine closed outside its task is ``_wrapper.ended_by_error()``'s to tell).
     Anything else is a fault of the bulk section (docs/semantics.md, "Departure or fault").
     ``handovers`` is how many leaders of the batch left before (Python 3.10's asyncio rule).
     """
-    if isinstance(error, GeneratorExit):
-        return True
-    if _asyncio_loop() is not None:
+    loop = _asyncio_loop()
+    if loop is not None and _asyncio_task(loop) is not None:
         return _asyncio.departs(error, handovers)
     return any(runtime.running() is not None and runtime.departs(error, handovers) for runtime in _OTHERS)
 
@@ -204,8 +208,8 @@ def misplaced() -> str | None:
     why = _asyncio.misplaced()
     if why is not None:
         return why
-    curio: Any = sys.modules.get("curio")
-    if curio is not None and curio.meta.curio_running():
+    running_now = getattr(getattr(sys.modules.get("curio"), "meta", None), "curio_running", None)
+    if callable(running_now) and running_now():
         return (
             "concresce does not run on curio, which runs here: it runs on asyncio (the default "
             "loop, eager tasks, uvloop) and trio, and under anyio on either"

@@ -179,14 +179,15 @@ def _route_keyed(
             try:
                 wanted = key(item)
             except Exception as error:
-                msg = f"{name}: scatter()'s key function raised {type(error).__name__} for item {item!r}: {error}"
+                what = f"{type(error).__name__} for item {_repr(item)}: {_str(error)}"
+                msg = f"{name}: scatter()'s key function raised {what}"
                 raise BatchRoutingError(msg) from error
         try:
             share = results[wanted]
         except KeyError:
             if default is _MISSING:
                 share = MissingResultError(
-                    f"{name}: scatter() has no result for key {wanted!r}; if a missing key is not an "
+                    f"{name}: scatter() has no result for key {_repr(wanted)}; if a missing key is not an "
                     "error, pass a default for it: scatter(results, default=None)",
                     wanted,
                 )
@@ -195,11 +196,27 @@ def _route_keyed(
         except Exception as error:
             if key is None and isinstance(error, TypeError):
                 msg = (
-                    f"{name}: scatter() got a mapping but item {item!r} cannot be looked up in it "
-                    f"({error}); pass key= to map each item to a hashable key"
+                    f"{name}: scatter() got a mapping but item {_repr(item)} cannot be looked up in it "
+                    f"({_str(error)}); pass key= to map each item to a hashable key"
                 )
             else:
-                msg = f"{name}: scatter() could not look up key {wanted!r}: {type(error).__name__}: {error}"
+                msg = f"{name}: scatter() could not look up key {_repr(wanted)}: {type(error).__name__}: {_str(error)}"
             raise BatchRoutingError(msg) from error
         shares.append(share)
     return shares
+
+
+def _repr(value: object) -> str:
+    """``repr(value)`` for a message; never raises (the value is the user's)."""
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001 -- reported in the text instead
+        return f"<{type(value).__name__} object; its repr() raised {type(error).__name__}>"
+
+
+def _str(error: BaseException) -> str:
+    """``str(error)`` for a message; never raises."""
+    try:
+        return str(error)
+    except Exception as failure:  # noqa: BLE001 -- reported in the text instead
+        return f"<str() raised {type(failure).__name__}>"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -72,7 +72,7 @@ def departs(error: BaseException, handovers: int) -> bool:  # noqa: ARG001 -- th
 
 
 def follower_fault(error: BaseException, name: str) -> BaseException | None:
-    """What followers get instead of a ``trio.Cancelled`` their leader raised as a fault.
+    """What followers get instead of a ``trio.Cancelled`` (or a group holding one) raised as a fault.
 
     trio takes a ``Cancelled`` raised in a task for a cancellation of that task's scopes: a
     nursery around a follower's ``collect()`` would swallow it and run the code after
@@ -80,7 +80,7 @@ def follower_fault(error: BaseException, name: str) -> BaseException | None:
     ``RuntimeError`` that says so, caused by (a copy of) it. None for anything else.
     """
     trio: Any = sys.modules.get("trio")
-    if trio is None or not isinstance(error, trio.Cancelled):
+    if trio is None or not _holds(error, trio.Cancelled):
         return None
     fault = RuntimeError(
         f"{name}: the leader of this call's batch raised trio.Cancelled while its task was not "
@@ -90,6 +90,18 @@ def follower_fault(error: BaseException, name: str) -> BaseException | None:
     )
     fault.__cause__ = error
     return fault
+
+
+def _holds(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind``, or an exception group with one anywhere inside."""
+    if isinstance(error, kind):
+        return True
+    members: object = getattr(error, "exceptions", None)
+    if not isinstance(members, tuple):
+        return False
+    return any(
+        isinstance(member, BaseException) and _holds(member, kind) for member in cast("tuple[object, ...]", members)
+    )
 
 
 def loop_of(task: object) -> TrioLoop | None:  # noqa: ARG001 -- the Runtime signature

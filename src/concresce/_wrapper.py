@@ -205,7 +205,11 @@ def ended_by_error(call: Call) -> bool:
     state = call.state
     if state == LEADING:
         batch = call.batch
-        if departs(error, batch.handovers):
+        # Its coroutine closed outside its task (a loop closed by hand, the garbage
+        # collector): it can never finish. A GeneratorExit the bulk code raised in its own
+        # task is a fault like any other exception.
+        closing = isinstance(error, GeneratorExit) and CALLS.get(current_task()) is not call
+        if closing or departs(error, batch.handovers):
             # The leader's task was cancelled: the followers are not at fault. The earliest
             # one still waiting leads instead and runs the bulk section again.
             batch.hand_over(call)
