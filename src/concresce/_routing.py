@@ -241,7 +241,9 @@ def _copy_state(error: BaseException, copy: BaseException) -> None:
     """Copy the attributes of ``error`` (its ``__dict__`` and its slots) onto ``copy``."""
     state = getattr(error, "__dict__", None)
     if state:
-        copy.__dict__.update(state)
+        # What the copy has already stays: a group's own members (the 3.10 backport keeps
+        # them in its __dict__), rebuilt by derive().
+        copy.__dict__.update({name: value for name, value in state.items() if name not in copy.__dict__})
     for klass in type(error).__mro__:
         slots = klass.__dict__.get("__slots__", ())
         for name in (slots,) if isinstance(slots, str) else slots:

@@ -213,6 +213,14 @@ class TrioRunner(Runner):
     def requested(self, rec: Record) -> bool:
         return rec.cancel_requests > 0 or rec.wrapper_timed_out
 
+    def check_prior(self, rec: Record, run: Run, prior: list[Run]) -> str | None:
+        # trio's departure rule is the same on every Python version (decision 39): an item
+        # runs again only after its leader departed, even on 3.10.
+        rerun = [r for r in prior if r.end != "departed"]
+        if rerun:
+            return f"rerun: its item was in {rerun[0].describe()}, which did not depart, and again in {run.describe()}"
+        return None
+
     def gone_before(self, rec: Record, run: Run) -> bool:
         # On trio a member's cancellation is delivered when it next waits: one that is
         # runnable then (woken to keep a batch's timer, or to lead) leaves later, or leads.
