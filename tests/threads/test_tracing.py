@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from concresce import disable_tracing, enable_tracing
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.threads.kit import gated, held, virtual_clock
+
+from concresce import disable_tracing, enable_tracing
 
 
 def test_a_batch_span_is_the_leaders_child_and_links_the_span_of_every_member_thread():
@@ -39,4 +40,3 @@ def test_a_batch_span_is_the_leaders_child_and_links_the_span_of_every_member_th
     assert sorted(link.context.span_id for link in second.links) == sorted([members[1], members[2]])
     assert second.attributes is not None
     assert (second.attributes["concresce.batch.size"], second.attributes["concresce.outcome"]) == (2, "ok")
-
