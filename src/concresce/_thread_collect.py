@@ -142,6 +142,12 @@ def _park(loop: ThreadLoop, batch: Batch, call: Call, *, until: float | None, wa
     fut = cast("ThreadWaiter", call.fut)
     while True:
         got = loop.clock.wait(fut, wake)
+        if got and fut.woken and call.state != LEADING:
+            # Routed. The leader wrote the outcome before it released this waiter, and its
+            # release happens before this acquire: the outcome is visible here without the
+            # loop's lock (which the leader may still hold, routing the others), and nothing
+            # touches a woken waiter's call again.
+            return None
         with loop:
             if got:
                 fut.consumed()
