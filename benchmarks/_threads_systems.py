@@ -205,7 +205,7 @@ class System:
 
     name: str
     call: Callable[[int], int | None]
-    #: ``(batches, items)`` so far, or None for a system that does not batch.
+    #: ``(batches ended, their items)`` so far, or None for a system that does not batch.
     counters: Callable[[], tuple[int, int]] | None
 
 
@@ -224,8 +224,9 @@ def batched(backend: Backend) -> System:
         return scatter(backend.many(items), default=None)
 
     def counters() -> tuple[int, int]:
-        stats = get_price.stats()
-        return stats.batches, stats.items
+        # Both counted when a batch ends (``stats().batches`` counts it at its dispatch).
+        size = get_price.stats().batch_size
+        return size.count, int(size.total)
 
     return System("batched", get_price, counters)
 
@@ -313,7 +314,8 @@ class Floor:
 
     def counters(self) -> tuple[int, int]:
         """``(batches, items)`` so far."""
-        return self._batches, self._items
+        with self._lock:
+            return self._batches, self._items
 
 
 def describe() -> dict[str, Any]:

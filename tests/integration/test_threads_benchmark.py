@@ -58,6 +58,7 @@ def test_threads_benchmark_smoke_run(postgres_dsn, tmp_path):
     for backend in ("sim", "postgres"):
         for system in ("batched", "floor"):
             # A lone thread never waits: each of its calls is a batch of its own item.
+            assert rows[backend, system, 1]["ids_per_query"] == 1
             assert rows[backend, system, 1]["mean_batch_size"] == 1
     # Eight threads on four slots, each query holding its slot for 2 ms: more than four callers
     # wait at once, so batches form.
