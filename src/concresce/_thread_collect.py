@@ -179,11 +179,11 @@ def _stop_waiting(batch: Batch, call: Call) -> None:
     if isinstance(timer, ThreadTimer) and timer.host is call:
         timer.host = None
         if timer.callback is not None:
-            for member in batch.members:
-                if member.state == MEMBER and not member.fut.done():
-                    timer.host = member
-                    cast("ThreadWaiter", member.fut).signal()
-                    break
+            # A window still pending means a member still waits (the last to leave discards
+            # the batch, which cancels it): the earliest one keeps it from now on.
+            host = next(member for member in batch.members if member.state == MEMBER and not member.fut.done())
+            timer.host = host
+            cast("ThreadWaiter", host.fut).signal()
 
 
 def _misuse(call: Call | None) -> str:
