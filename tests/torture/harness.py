@@ -54,22 +54,14 @@ from tests.torture.schedules import (
     draw_schedule,
     simpler,
 )
+from tests.torture.schedules_threads_api import draw_sync_schedule
 
 from concresce import BatchRoutingError, MissingResultError, OverloadedError, batch, collect, scatter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
 
-__all__ = [
-    "TOTALS",
-    "Failure",
-    "Totals",
-    "minimize",
-    "run_abandoned",
-    "run_one",
-    "run_threads",
-    "torture",
-]
+__all__ = ["TOTALS", "Failure", "Totals", "minimize", "run_abandoned", "run_one", "run_threads", "torture"]
 
 #: Schedule seconds after which a call that has not ended is taken to hang (virtual clock).
 HORIZON: Final = 1000.0
@@ -1409,14 +1401,14 @@ def run_one(
 ) -> tuple[list[str], Totals]:
     """Run ``schedule`` on a fresh loop of ``mode``; return its problems and totals.
 
-    Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+),
-    ``uvloop`` (real clock, times scaled down), ``trio`` (a ``trio.run`` on a MockClock,
-    ``harness_trio.py``).
+    Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+), ``uvloop``
+    (real clock, times scaled down), ``trio`` (``harness_trio.py``), ``sync`` (``harness_threads_api.py``).
     """
-    if mode == "trio":
-        from tests.torture.harness_trio import run_trio  # noqa: PLC0415 -- it imports this module
+    if mode in {"trio", "sync"}:
+        from tests.torture import harness_threads_api, harness_trio  # noqa: PLC0415 -- they import this module
 
-        return run_trio(schedule, sabotage=sabotage, check_table=check_table)
+        run = harness_trio.run_trio if mode == "trio" else harness_threads_api.run_sync
+        return run(schedule, sabotage=sabotage, check_table=check_table)
     if schedule.stop is not None:
         return run_abandoned(schedule)
     totals = Totals(schedules=1, calls=len(schedule.calls))
@@ -1638,6 +1630,8 @@ def schedule_for(mode: str, seed: str, index: int, options: Options | None = Non
     (``threads_options()``), which they are drawn with unless ``options`` is given.
     """
     rng = random.Random(f"{seed}/{mode}/{index}")  # noqa: S311 -- a test schedule, not a secret
+    if mode == "sync":  # the thread API (schedules_threads_api.py)
+        return draw_sync_schedule(rng)
     if options is None and mode in {"threads", "threads-trio"}:
         options = threads_options(seed, index - index % (THREADS * PER_THREAD))
     return draw_schedule(rng, features_for(mode), options)

@@ -1,0 +1,730 @@
+"""The torture harness of the thread API (``concresce.threads``): the ``sync`` mode.
+
+:class:`SyncRunner` plays one :class:`~tests.torture.schedules_threads_api.SyncSchedule`:
+a pool of real threads makes the calls of a plain ``def`` decorated with
+``concresce.threads.batch`` (arriving in bursts, some with ``collect(timeout=)``, some
+interrupted while they wait), and other threads call ``drain()``, ``flush()`` and
+``configure()`` meanwhile. Leaders follow the schedule's plans, with a fault at any step of
+the bulk section (which blocks briefly): an ``Exception``, a ``BaseException`` (the batch is
+handed over), no ``scatter()``, routing errors, an exception after ``scatter()``.
+
+The OS schedules the threads, so no single trace is predicted: the oracle derives each
+call's expected outcome from what happened. Each leader records, as it resumes from
+``collect()``, the members its batch serves and the slot of each (read from the engine's
+batch), the items it received and its plan; every result names its run and item
+(``("r", run, call, value)``) and every exception a leader makes names its run. Then:
+
+* every call ends within ``HANG_BOUND`` real seconds (threads are joined with a time-out: a
+  call still running is a hang, reported with the state of its call; its thread is left);
+* a call interrupted while it waited ends with the interruption; ``TimeoutError`` only with
+  a ``timeout=`` that had passed; ``OverloadedError`` only with ``max_pending``, for a call
+  that never joined; ``group_by``'s error only where it raises;
+* any other call was served by the last run whose members included it, and gets exactly
+  what that run's plan made of its slot (its result, its exception result, the missing
+  key's ``MissingResultError`` or the default), or the run's fault (type and message), or
+  the ``RuntimeError`` of a leader without ``scatter()``; a leader gets its own share, or
+  what it raised. A run that ended by a ``BaseException`` is the only one a member may be
+  served again after (at-least-once);
+* every batch: one partition, at most ``max_size`` (the largest in force) items, within
+  ``max_weight`` unless alone, in arrival order, the leader's item first; at most
+  ``max_concurrency`` (the largest in force) bulk sections of a partition at once;
+* ``drain()`` returns only once the calls that were members of a batch when it was called
+  have their outcome (or have left);
+* ``stats()``: calls, shed calls, batches, items, handovers and cancellations add up;
+* nothing is left behind: no engine object or item alive, no partition, no entry of a
+  finished thread in the tables of current and nested calls, no ``drain()`` waiter, nothing
+  reported as unraisable.
+
+Times are real (``monotonic``), schedule seconds scaled down by ``SCALE``; the clock of the
+function's loop is swapped for :class:`FaultClock`, which raises the interruptions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import weakref
+from _thread import get_ident
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from tests.support import batcher_of, gc_collect_harder, live_engine_objects
+from tests.torture.harness import (
+    EPSILON,
+    MAX_TRACEBACK,
+    NO_SCATTER,
+    Arg,
+    DedupeItem,
+    Hooks,
+    Item,
+    ItemError,
+    LeaderAfterError,
+    LeaderError,
+    Runner,
+    Totals,
+    _count,
+    _dead,
+    _group_of,
+    _kind,
+    _leaks,
+    _observe,
+    _safe_str,
+    _same_key,
+    _show,
+    _traceback_size,
+    _weight_of,
+)
+
+from concresce import BatchRoutingError, MissingResultError, OverloadedError
+from concresce import _calls as calls_table
+from concresce._threads import _REAL_CLOCK, ThreadLoop
+from concresce.threads import batch, collect, scatter
+
+if TYPE_CHECKING:
+    from tests.torture.schedules import LeaderPlan, Options
+    from tests.torture.schedules_threads_api import SyncSchedule
+
+    from concresce._threads import ThreadWaiter
+
+__all__ = ["HANG_BOUND", "SCALE", "THREAD_NAME", "Departure", "FaultClock", "Interrupt", "SyncRunner", "run_sync"]
+
+#: Schedule seconds are multiplied by this (real time): windows and bulk steps of 0.05-1 ms.
+SCALE: Final = 0.05
+#: Real seconds a schedule's calls have to end (then the ones still running are hangs).
+HANG_BOUND: Final = 20.0
+#: The name of the threads of a schedule (a hung one is left running: daemon threads).
+THREAD_NAME: Final = "concresce-torture-sync"
+
+
+class Departure(BaseException):
+    """What a leader dies of before ``scatter()`` (the ``departure`` fault): not an ``Exception``."""
+
+
+class Interrupt(BaseException):
+    """Raised in a thread waiting in ``collect()`` (as ``KeyboardInterrupt`` would be)."""
+
+
+# --------------------------------------------------------------------------------------
+# The batched functions
+# --------------------------------------------------------------------------------------
+
+#: The runner of the schedule being played (one at a time).
+ACTIVE: list[SyncRunner] = []
+_FUNCTIONS: dict[tuple[bool, ...], Any] = {}
+
+
+def _body(host: object, arg: Arg) -> Any:
+    return ACTIVE[0].body(host, arg)
+
+
+def function_for(options: Options) -> tuple[Any, type[Any] | None]:
+    """The thread-batched function for ``options`` (configured with them), and its class for a method."""
+    kind = (options.group_by, options.method, options.dedupe, options.max_weight is not None, options.observer)
+    made = _FUNCTIONS.get(kind)
+    if made is None:
+        made = _FUNCTIONS[kind] = _make_function(*kind)
+    fn = made.work if isinstance(made, type) else made
+    fn.configure(
+        max_window=options.max_window * SCALE,
+        max_size=options.max_size,
+        max_concurrency=options.max_concurrency,
+        max_weight=options.max_weight,
+        max_pending=options.max_pending,
+    )
+    return fn, made if isinstance(made, type) else None
+
+
+def _make_function(group_by: bool, method: bool, dedupe: bool, weighted: bool, observer: bool) -> Any:
+    decorate = batch(
+        group_by=_group_of if group_by else None,
+        dedupe=dedupe,
+        weight=_weight_of if weighted else None,
+        max_weight=1.0 if weighted else None,
+        observer=_observe if observer else None,
+    )
+    if method:
+
+        class Host:
+            """Calls on different instances never share a batch."""
+
+            __slots__ = ("__weakref__", "number")
+
+            def __init__(self, number: int) -> None:
+                self.number = number
+
+            def __repr__(self) -> str:
+                return f"Host({self.number})"
+
+            @decorate
+            def work(self, arg: Arg) -> Any:
+                return _body(self, arg)
+
+        return Host
+
+    @decorate
+    def work(arg: Arg) -> Any:
+        return _body(None, arg)
+
+    return work
+
+
+# --------------------------------------------------------------------------------------
+# What one schedule records
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class SyncRun:
+    """One leader's resumption from ``collect()``: its batch, members and items, and how it ended.
+
+    ``end``: ``None`` (running), ``"scattered"``, ``"routing"`` (a BatchRoutingError),
+    ``"no_scatter"``, ``"fault"`` (an Exception), ``"handover"`` (a BaseException).
+    """
+
+    number: int
+    seq: int
+    leader: int
+    part: tuple[Any, Any]
+    batch: int  # id() of the engine's batch (alive while the schedule runs: see SyncRunner.batches)
+    items: list[Any]
+    callers: list[tuple[int, int]]  # (call, slot) of each member it serves, itself included
+    plan: LeaderPlan
+    released_seq: int | None = None  # the bulk section was over (just before scatter() or raise)
+    end: str | None = None
+    error: tuple[type[BaseException], str] | None = None
+
+    def describe(self) -> str:
+        indices = [getattr(item, "index", item) for item in self.items]
+        return f"run {self.number} (leader #{self.leader}, items of {indices}, ended {self.end})"
+
+
+@dataclass(eq=False)
+class SyncRecord:
+    """What happened to one call."""
+
+    index: int
+    plan: Any
+    part: tuple[Any, Any]
+    thread: int = 0
+    joined: float | None = None  # when it called collect()
+    join_seq: int | None = None
+    exit_seq: int | None = None
+    refused: bool = False
+    interrupted: bool = False  # the clock raised Interrupt in its wait
+    outcome: tuple[str, Any] = ("pending", None)
+
+
+class FaultClock:
+    """The real clock, which raises :class:`Interrupt` in the waits of calls planned to be interrupted."""
+
+    def __init__(self, runner: SyncRunner) -> None:
+        self.runner = runner
+
+    def time(self) -> float:
+        return time.monotonic()
+
+    def wait(self, waiter: ThreadWaiter, until: float | None) -> bool:
+        rec = self.runner.by_thread.get(get_ident())
+        plan = None if rec is None or rec.joined is None else rec.plan.cancel
+        if plan is None:
+            return _acquire(waiter, until)
+        if plan.phase == "on_wake":
+            if _acquire(waiter, until):
+                self.interrupt(rec)
+            return False
+        at = (rec.joined or 0.0) + plan.delay * SCALE
+        if until is not None and until <= at:
+            return _acquire(waiter, until)
+        if _acquire(waiter, at):
+            return True
+        self.interrupt(rec)
+        return False  # pragma: no cover -- interrupt() raises
+
+    def interrupt(self, rec: SyncRecord | None) -> None:
+        assert rec is not None
+        rec.interrupted = True
+        msg = f"call {rec.index} interrupted while it waited"
+        raise Interrupt(msg)
+
+
+def _acquire(waiter: ThreadWaiter, until: float | None) -> bool:
+    if until is None:
+        return waiter.lock.acquire()
+    return waiter.lock.acquire(timeout=max(until - time.monotonic(), 0.0))
+
+
+# --------------------------------------------------------------------------------------
+# Playing one schedule
+# --------------------------------------------------------------------------------------
+
+_runner_ids = itertools.count(1_000_000)  # apart from harness.Runner's (items name their runner)
+
+
+class SyncRunner:
+    """Plays one thread-API schedule with a pool of threads; :meth:`check` then lists the problems."""
+
+    # The oracle's rules of routing are asyncio's (harness.Runner): what a plan makes of an item.
+    results_for = Runner.results_for
+    share = Runner.share
+
+    def __init__(self, schedule: SyncSchedule, *, sabotage: bool = False) -> None:
+        self.schedule = schedule
+        self.options = options = schedule.options
+        self.sabotage = sabotage
+        self.ident = next(_runner_ids)
+        self.fn, self.host_class = function_for(options)
+        self.loop: ThreadLoop = batcher_of(self.fn).home
+        self.hosts = [self.host_class(n) for n in range(2)] if self.host_class is not None else []
+        self.item_class = DedupeItem if options.dedupe else Item
+        self.records = [
+            SyncRecord(
+                index, plan, (plan.group if options.group_by else None, plan.instance if options.method else None)
+            )
+            for index, plan in enumerate(schedule.calls)
+        ]
+        self.by_thread: dict[int, SyncRecord] = {}
+        self.runs: list[SyncRun] = []
+        self.batches: dict[int, Any] = {}  # id -> the engine's batch: ids stay unique meanwhile
+        self.seq = itertools.count(1)
+        self.lock = threading.Lock()
+        self.running: Counter[tuple[Any, Any]] = Counter()
+        self.problems: list[str] = []
+        self.drains: list[tuple[set[int], int]] = []  # members when drain() was called, seq at its return
+        self.threads: set[int] = set()
+        self.max_traceback = 0
+        self.limits = {"max_size": {options.max_size}, "max_concurrency": {options.max_concurrency}}
+        self.start = 0.0
+
+    # -- the batched function's body ----------------------------------------------------------
+
+    def body(self, host: object, arg: Arg) -> Any:
+        rec = self.records[arg.index]
+        plan = rec.plan
+        if host is not None and host is not self.hosts[plan.instance]:
+            self.problems.append(f"misroute: call #{rec.index} runs with self={host!r}")
+        if plan.wait:
+            time.sleep(plan.wait * SCALE)
+        item = self.item_class(self.ident, rec.index, rec.part, plan.value, plan.weight)
+        timeout = None if plan.body_timeout is None else plan.body_timeout * SCALE
+        rec.join_seq = next(self.seq)
+        rec.joined = time.monotonic()
+        try:
+            items = collect(item, timeout=timeout)
+        except OverloadedError:
+            rec.refused = True
+            raise
+        finally:
+            rec.exit_seq = next(self.seq)
+        del item
+        return self.lead(self.begin_run(rec, items))
+
+    def begin_run(self, rec: SyncRecord, items: list[Any]) -> SyncRun:
+        call = calls_table.CALLS[get_ident()]
+        engine_batch = call.batch
+        members = engine_batch.callers
+        if engine_batch.direct:
+            callers = [(member.item.index, slot) for slot, member in enumerate(members)]
+        else:
+            callers = [(member.item.index, member.slot) for member in members]
+        del call, members
+        plans = self.schedule.plans
+        with self.lock:
+            self.batches[id(engine_batch)] = engine_batch
+            number = len(self.runs)
+            run = SyncRun(
+                number,
+                next(self.seq),
+                rec.index,
+                rec.part,
+                id(engine_batch),
+                list(items),
+                callers,
+                plans[number % len(plans)],
+            )
+            self.runs.append(run)
+            running = self.running[rec.part] = self.running[rec.part] + 1
+            limits = self.limits["max_concurrency"]
+            if None not in limits and running > max(limits):  # type: ignore[type-var]
+                self.problems.append(
+                    f"concurrency: {running} bulk sections at once in partition {rec.part}, limits {limits}"
+                )
+        return run
+
+    def release(self, run: SyncRun) -> None:
+        """The bulk section is over: its slot will be freed (so count it out first)."""
+        with self.lock:
+            if run.released_seq is None:
+                run.released_seq = next(self.seq)
+                self.running[run.part] -= 1
+
+    def lead(self, run: SyncRun) -> Any:  # noqa: C901 -- one end per way the bulk section ends
+        """The leader's part: the bulk section (blocking, with its faults), then scatter()."""
+        plan = run.plan
+        steps = plan.steps
+        try:
+            for step in range(len(steps) + 1):
+                if step == plan.fault_step:
+                    self.bulk_fault(run)
+                if step < len(steps):
+                    time.sleep(steps[step] * SCALE)
+        except BaseException as error:
+            self.release(run)
+            run.error = (type(error), _safe_str(error))
+            run.end = "fault" if isinstance(error, Exception) else "handover"
+            raise
+        if plan.fault == "no_scatter":
+            self.release(run)
+            run.end = "no_scatter"
+            return NO_SCATTER
+        results, options = self.results_for(run)
+        self.release(run)
+        try:
+            own = scatter(results, **options)
+        except (ItemError, MissingResultError):
+            run.end = "scattered"
+            raise
+        except BatchRoutingError as error:
+            run.end, run.error = "routing", (type(error), _safe_str(error))
+            raise
+        except BaseException as error:
+            run.end, run.error = "fault", (type(error), _safe_str(error))
+            raise
+        run.end = "scattered"
+        if plan.after is not None:
+            time.sleep(plan.after * SCALE)
+        if plan.fault == "after":
+            raise LeaderAfterError(run.number, "after scatter()")
+        return own
+
+    def bulk_fault(self, run: SyncRun) -> None:
+        fault = run.plan.fault
+        if fault == "raise":
+            raise LeaderError(run.number, "bulk section fault")
+        if fault == "departure":
+            msg = f"[run {run.number}] the leader's thread dies"
+            raise Departure(msg)
+        if fault == "exit":
+            msg = f"[run {run.number}] the leader's thread exits"
+            raise SystemExit(msg)
+
+    # -- the threads ------------------------------------------------------------------------
+
+    def invoke(self, rec: SyncRecord) -> Any:
+        plan = rec.plan
+        arg = Arg(rec.index, plan.group, plan.group_fails, self.options.observer)
+        style = plan.style
+        if self.host_class is None:
+            return self.fn(arg=arg) if style >= 2 else self.fn(arg)
+        host = self.hosts[plan.instance]
+        if style == 0:
+            return host.work(arg)
+        if style == 1:
+            return self.host_class.work(host, arg)
+        if style == 2:
+            return self.host_class.work(self=host, arg=arg)
+        return host.work(arg=arg)
+
+    def worker(self, todo: queue.SimpleQueue[SyncRecord | None]) -> None:
+        me = get_ident()
+        with self.lock:
+            self.threads.add(me)
+        while (rec := todo.get()) is not None:
+            self.sleep_until(rec.plan.start)
+            rec.thread = me
+            self.by_thread[me] = rec
+            try:
+                rec.outcome = ("ok", self.invoke(rec))
+            except BaseException as error:  # noqa: BLE001 -- the outcome is judged by the oracle
+                rec.outcome = ("exc", error)
+            finally:
+                del self.by_thread[me]
+            del rec
+
+    def control(self, action: str, option: str, value: float | None) -> None:
+        fn = self.fn
+        if action == "flush":
+            fn.flush()
+        elif action == "configure":
+            if option == "max_window":
+                fn.configure(max_window=(value or 0.0) * SCALE)
+            else:
+                with self.lock:
+                    self.limits[option].add(value)  # type: ignore[arg-type]
+                fn.configure(**{option: value})
+        else:
+            with self.loop:
+                # The calls that are members of a batch now (drain() takes the same snapshot).
+                members = {
+                    rec.index
+                    for rec in self.records
+                    if (call := calls_table.CALLS.get(rec.thread)) is not None
+                    and self.by_thread.get(rec.thread) is rec
+                    and call.state in {calls_table.MEMBER, calls_table.LEADING}
+                }
+            fn.drain(timeout=HANG_BOUND)
+            self.drains.append((members, next(self.seq)))
+
+    def sleep_until(self, at: float) -> None:
+        delay = self.start + at * SCALE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def timed_control(self, at: float, action: str, option: str, value: float | None) -> None:
+        self.sleep_until(at)
+        try:
+            self.control(action, option, value)
+        except BaseException as error:  # noqa: BLE001 -- reported
+            self.problems.append(f"control: {action}() raised {error!r}")
+
+    def play(self) -> None:
+        """Start the pool and the controls, then join them all within ``HANG_BOUND``."""
+        schedule = self.schedule
+        todo: queue.SimpleQueue[SyncRecord | None] = queue.SimpleQueue()
+        for rec in sorted(self.records, key=lambda r: r.plan.start):
+            todo.put(rec)
+        pool = max(1, getattr(schedule, "threads", len(self.records)))
+        for _ in range(pool):
+            todo.put(None)
+        self.start = time.monotonic()
+        threads = [
+            threading.Thread(target=self.worker, args=(todo,), name=THREAD_NAME, daemon=True) for _ in range(pool)
+        ]
+        threads += [
+            threading.Thread(
+                target=self.timed_control, args=(c.at, c.action, c.option, c.value), name=THREAD_NAME, daemon=True
+            )
+            for c in getattr(schedule, "controls", ())
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + HANG_BOUND
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        stuck = [thread for thread in threads if thread.is_alive()]
+        if stuck:
+            self.report_hang(len(stuck))
+
+    def report_hang(self, stuck: int) -> None:
+        states = {}
+        for rec in self.records:
+            if rec.outcome[0] == "pending":
+                call = calls_table.CALLS.get(rec.thread) if rec.thread else None
+                states[rec.index] = "not started" if rec.thread == 0 else f"state {getattr(call, 'state', None)}"
+        self.problems.append(f"hang: {stuck} thread(s) still running after {HANG_BOUND} s; pending calls: {states}")
+
+    # -- the oracle -------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        problems = list(self.problems)
+        by_call: dict[int, list[tuple[SyncRun, int]]] = defaultdict(list)
+        for run in self.runs:
+            problems += self.check_run(run)
+            for index, slot in run.callers:
+                by_call[index].append((run, slot))
+        for rec in self.records:
+            why = self.check_call(rec, by_call.get(rec.index, []))
+            if why is not None:
+                tag, sep, rest = why.partition(": ")
+                if not sep or tag not in {"hang", "misroute", "rerun", "traceback"}:
+                    tag, rest = "other", why
+                problems.append(f"{tag}: call #{rec.index} (value {rec.plan.value}): {rest}")
+        problems += self.check_drains(by_call)
+        return problems
+
+    def check_run(self, run: SyncRun) -> list[str]:  # noqa: C901 -- one rule per invariant
+        options = self.options
+        problems = []
+        items = run.items
+        if any(not isinstance(item, Item) or item.runner != self.ident for item in items):
+            return [f"misroute: {run.describe()} received items of other schedules: {items!r}"]
+        if any(item.part != run.part for item in items):
+            problems.append(f"partitions {sorted({repr(i.part) for i in items})} mixed in one batch")
+        sizes = self.limits["max_size"]
+        if None not in sizes and len(items) > max(sizes):  # type: ignore[type-var]
+            problems.append(f"{len(items)} items, more than max_size (at most {max(sizes)})")  # type: ignore[type-var]
+        values = [item.value for item in items]
+        if options.dedupe and len(set(values)) != len(values):
+            problems.append(f"equal items under dedupe: values {values}")
+        if options.max_weight is not None and len(items) > 1:
+            weight = sum(item.weight for item in items)
+            if weight > options.max_weight + EPSILON:
+                problems.append(f"weight {weight} over max_weight={options.max_weight}")
+        seqs = [self.records[item.index].join_seq or 0 for item in items]
+        if seqs != sorted(seqs):
+            problems.append("items not in arrival order")
+        if not items or items[0].index != run.leader:
+            problems.append("the leader's own item is not the first")
+        for index, slot in run.callers:
+            item = items[slot] if 0 <= slot < len(items) else None
+            equal = options.dedupe and item is not None and item.value == self.records[index].plan.value
+            if item is None or (item.index != index and not equal):
+                problems.append(f"call #{index} is served the slot {slot} of item {item!r}")
+        if run.end is None:
+            problems.append("the bulk section never ended")
+        return [f"batch: {run.describe()}: {p}" for p in problems]
+
+    def check_call(self, rec: SyncRecord, served: list[tuple[SyncRun, int]]) -> str | None:  # noqa: C901, PLR0911, PLR0912 -- one rule per outcome
+        kind, value = rec.outcome
+        plan = rec.plan
+        if kind == "pending":
+            return "hang: it never ended"
+        if kind == "exc":
+            frames = _traceback_size(value)
+            self.max_traceback = max(self.max_traceback, frames)
+            if frames > MAX_TRACEBACK:
+                return f"traceback: {type(value).__name__} with {frames} traceback entries"
+        if rec.interrupted:
+            if kind == "exc" and isinstance(value, Interrupt):
+                return None
+            return f"interrupted while it waited, yet it ended with {_show(kind, value)}"
+        if kind == "exc" and isinstance(value, Interrupt):
+            return f"ended with {_show(kind, value)} but was never interrupted"
+        if plan.group_fails and self.options.group_by:
+            if kind == "exc" and type(value).__name__ == "GroupError" and rec.join_seq is None:
+                return None
+            return f"group_by raised for it, yet it ended with {_show(kind, value)}"
+        if rec.refused:
+            if self.options.max_pending is None or served:
+                return f"refused with OverloadedError (max_pending={self.options.max_pending}), yet served by a run"
+            if kind == "exc" and isinstance(value, OverloadedError):
+                return None
+            return f"refused, yet ended with {_show(kind, value)}"
+        if kind == "exc" and isinstance(value, TimeoutError) and "collect() timed out" in _safe_str(value):
+            timeout = plan.body_timeout
+            if timeout is None:
+                return f"ended with {_show(kind, value)} without a timeout"
+            return None
+        *before, last = served or [(None, 0)]
+        rerun = [r for r, _ in before if r.end != "handover"]
+        if rerun:
+            again = last[0].describe() if last[0] is not None else "another run"
+            return f"rerun: it was served by {rerun[0].describe()}, which did not hand over, and again by {again}"
+        run, slot = last
+        if run is None:
+            return f"ended with {_show(kind, value)} but no leader served it"
+        return self.check_outcome(rec, run, slot, kind, value)
+
+    def check_outcome(self, rec: SyncRecord, run: SyncRun, slot: int, kind: str, value: Any) -> str | None:  # noqa: C901, PLR0911, PLR0912 -- one rule per end
+        shown = _show(kind, value)
+        end = run.end
+        leader = run.leader == rec.index
+        if end == "scattered":
+            expected = self.share(run, run.items[slot])
+            if leader and not isinstance(expected, BaseException) and run.plan.fault == "after":
+                expected = LeaderAfterError(run.number, "after scatter()")
+            if isinstance(expected, MissingResultError):
+                if kind == "exc" and isinstance(value, MissingResultError) and _same_key(value.key, expected.key):
+                    return None
+            elif isinstance(expected, BaseException):
+                if kind == "exc" and type(value) is type(expected) and _safe_str(value) == str(expected):
+                    return None
+            elif kind == "ok" and value == expected:
+                return None
+            return f"misroute: got {shown}, but {run.describe()} routed it {expected!r}"
+        if end in {"fault", "routing"} and run.error is not None:
+            error_type, message = run.error
+            if kind == "exc" and type(value) is error_type and _safe_str(value) == message:
+                return None
+            return f"got {shown}, but {run.describe()} raised {error_type.__name__}({message!r})"
+        if end == "no_scatter":
+            if kind == "exc" and isinstance(value, RuntimeError) and "scatter()" in str(value):
+                return None
+            return f"got {shown}, but {run.describe()} returned without scatter()"
+        if end == "handover":
+            if leader and run.error is not None and kind == "exc" and type(value) is run.error[0]:
+                return None
+            return f"hang: ({shown}) was left behind by {run.describe()}; no member led again"
+        return f"got {shown} from {run.describe()}"
+
+    def check_drains(self, by_call: dict[int, list[tuple[SyncRun, int]]]) -> list[str]:
+        """drain() returned only once every call that was a member when it was called had its outcome."""
+        problems = []
+        for members, returned in self.drains:
+            for index in sorted(members):
+                served = by_call.get(index)
+                if served and (served[-1][0].released_seq or returned + 1) < returned:
+                    continue
+                kind, value = self.records[index].outcome
+                if kind == "exc" and isinstance(value, (TimeoutError, Interrupt)):
+                    continue  # it left its batch: drain() waits for its batch, not for it
+                problems.append(f"drain: returned while call #{index}, a member when it was called, had no outcome")
+        return problems
+
+    def check_stats(self) -> list[str]:
+        """The function's statistics over the schedule agree with what its calls and leaders did."""
+        stats = self.fn.stats(reset=True)
+        records = self.records
+        joined = sum(rec.join_seq is not None and not rec.refused for rec in records)
+        refused = sum(rec.refused for rec in records)
+        left = sum(
+            rec.interrupted or (rec.outcome[0] == "exc" and "collect() timed out" in _safe_str(rec.outcome[1]))
+            for rec in records
+        )
+        handovers = sum(run.end == "handover" for run in self.runs)
+        last: dict[int, SyncRun] = {}
+        for run in self.runs:
+            last[run.batch] = run
+        expected = {
+            "calls": joined,
+            "shed": refused,
+            "batches": len(last),
+            "items": sum(len(run.items) for run in last.values()),
+            "handovers": handovers,
+            "cancellations": left,
+        }
+        problems = [
+            f"stats: {name} is {getattr(stats, name)}, expected {number}"
+            for name, number in expected.items()
+            if getattr(stats, name) != number
+        ]
+        if stats.open_now or stats.in_flight_now:
+            problems.append(f"stats: {stats.open_now} open and {stats.in_flight_now} in-flight batches after the run")
+        return problems
+
+    def leftovers(self) -> list[str]:
+        """Entries of the schedule's threads left in the tables of calls; drain() waiters left."""
+        problems = []
+        left = [thread for thread in self.threads if thread in calls_table.CALLS or thread in calls_table.OUTER]
+        if left:
+            problems.append(f"leak: {len(left)} finished thread(s) still in the tables of current calls")
+        drainers = batcher_of(self.fn).drainers
+        if drainers:
+            problems.append(f"leak: {len(drainers)} drain() waiter(s) left")
+            drainers.clear()
+        return problems
+
+
+def run_sync(schedule: SyncSchedule, *, sabotage: bool = False, check_table: bool = True) -> tuple[list[str], Totals]:
+    """Play ``schedule`` with a pool of threads; return its problems and totals."""
+    totals = Totals(schedules=1, calls=len(schedule.calls))
+    hooks = Hooks()
+    baseline = {id(obj) for obj in live_engine_objects()}
+    runner = SyncRunner(schedule, sabotage=sabotage)
+    fn = runner.fn
+    fn.stats(reset=True)
+    loop = runner.loop
+    ACTIVE.append(runner)
+    loop.clock = FaultClock(runner)
+    with hooks.installed():
+        try:
+            runner.play()
+        finally:
+            loop.clock = _REAL_CLOCK
+            ACTIVE.clear()
+        runner.batches.clear()
+        problems = runner.check()
+        if not sabotage and not any(p.startswith("hang") for p in problems):
+            problems += runner.check_stats()
+        problems += runner.leftovers()
+        totals.runs = len(runner.runs)
+        totals.max_traceback = runner.max_traceback
+        totals.outcomes.update(_kind(rec.outcome) for rec in runner.records)
+        items = [weakref.ref(item) for run in runner.runs for item in run.items if isinstance(item, Item)]
+        del runner
+        gc_collect_harder()
+    problems += [f"other: {call}" for call in hooks.calls]
+    problems += _leaks(baseline, _dead, items, fn if check_table else None)
+    return problems, _count(totals, problems)
