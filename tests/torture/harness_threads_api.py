@@ -41,6 +41,7 @@ function's loop is swapped for :class:`FaultClock`, which raises the interruptio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -65,9 +66,12 @@ from tests.torture.harness import (
     LeaderError,
     Runner,
     Totals,
+    _chain,
     _count,
     _dead,
+    _generate,
     _group_of,
+    _key_of,
     _kind,
     _leaks,
     _observe,
@@ -212,9 +216,11 @@ class SyncRecord:
     joined: float | None = None  # when it called collect()
     join_seq: int | None = None
     exit_seq: int | None = None
+    waited: float = 0.0  # seconds it spent in collect()
     refused: bool = False
     interrupted: bool = False  # the clock raised Interrupt in its wait
     outcome: tuple[str, Any] = ("pending", None)
+    nested: bool = False  # made by a bulk section (the ``nested`` fault), in the leader's thread
 
 
 class FaultClock:
@@ -248,6 +254,29 @@ class FaultClock:
         rec.interrupted = True
         msg = f"call {rec.index} interrupted while it waited"
         raise Interrupt(msg)
+
+
+class JoinOrder:
+    """The lock of the function's loop, which numbers the joins in the order the engine makes them.
+
+    A call joins its batch in the first hold of the lock its thread takes once in ``collect()``:
+    that hold gets the next number (under the lock, so in the engine's own order).
+    """
+
+    def __init__(self, runner: SyncRunner, lock: Any) -> None:
+        self.runner = runner
+        self.lock = lock
+        self.joins = itertools.count(1)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got: bool = self.lock.acquire(blocking, timeout)
+        rec = self.runner.by_thread.get(get_ident())
+        if got and rec is not None and rec.joined is not None and rec.join_seq is None:
+            rec.join_seq = next(self.joins)
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
 
 
 def _acquire(waiter: ThreadWaiter, until: float | None) -> bool:
@@ -309,8 +338,7 @@ class SyncRunner:
             time.sleep(plan.wait * SCALE)
         item = self.item_class(self.ident, rec.index, rec.part, plan.value, plan.weight)
         timeout = None if plan.body_timeout is None else plan.body_timeout * SCALE
-        rec.join_seq = next(self.seq)
-        rec.joined = time.monotonic()
+        rec.joined = time.monotonic()  # then its join takes a number (JoinOrder)
         try:
             items = collect(item, timeout=timeout)
         except OverloadedError:
@@ -318,6 +346,7 @@ class SyncRunner:
             raise
         finally:
             rec.exit_seq = next(self.seq)
+            rec.waited = time.monotonic() - rec.joined
         del item
         return self.lead(self.begin_run(rec, items))
 
@@ -409,6 +438,29 @@ class SyncRunner:
         if fault == "exit":
             msg = f"[run {run.number}] the leader's thread exits"
             raise SystemExit(msg)
+        if fault == "drain_inside":
+            self.fn.drain(timeout=HANG_BOUND)  # inside a call of the function: a RuntimeError
+        if fault == "nested" and not self.records[run.leader].nested:
+            self.nested_call(self.records[run.leader])
+
+    def nested_call(self, outer: SyncRecord) -> None:
+        """The bulk section calls the function itself, in the leader's thread: a call of its own.
+
+        It is served like any other, or refused with a RuntimeError if its batch could never
+        get a ``max_concurrency`` slot; either way the bulk section goes on.
+        """
+        plan = dataclasses.replace(outer.plan, wait=0.0, body_timeout=None, cancel=None, group_fails=False)
+        with self.lock:
+            rec = SyncRecord(len(self.records), plan, outer.part, thread=outer.thread, nested=True)
+            self.records.append(rec)
+        me = get_ident()
+        self.by_thread[me] = rec
+        try:
+            rec.outcome = ("ok", self.invoke(rec))
+        except BaseException as error:  # noqa: BLE001 -- the outcome is judged by the oracle
+            rec.outcome = ("exc", error)
+        finally:
+            self.by_thread[me] = outer
 
     # -- the threads ------------------------------------------------------------------------
 
@@ -520,8 +572,10 @@ class SyncRunner:
     def check(self) -> list[str]:
         problems = list(self.problems)
         by_call: dict[int, list[tuple[SyncRun, int]]] = defaultdict(list)
+        last: dict[int, SyncRun] = {}
         for run in self.runs:
-            problems += self.check_run(run)
+            problems += self.check_run(run, last.get(run.batch))
+            last[run.batch] = run
             for index, slot in run.callers:
                 by_call[index].append((run, slot))
         for rec in self.records:
@@ -534,9 +588,16 @@ class SyncRunner:
         problems += self.check_drains(by_call)
         return problems
 
-    def check_run(self, run: SyncRun) -> list[str]:  # noqa: C901 -- one rule per invariant
+    def check_run(self, run: SyncRun, before: SyncRun | None) -> list[str]:  # noqa: C901, PLR0912 -- one rule per invariant
+        """The invariants of one run; ``before``: the run of the same batch that handed it over."""
         options = self.options
         problems = []
+        if before is not None:
+            if before.end != "handover":
+                problems.append(f"a second run of the batch of {before.describe()}, which did not hand over")
+            extra = {index for index, _ in run.callers} - {i for i, _ in before.callers if i != before.leader}
+            if extra:
+                problems.append(f"calls {sorted(extra)} were not waiting in the batch it took over")
         items = run.items
         if any(not isinstance(item, Item) or item.runner != self.ident for item in items):
             return [f"misroute: {run.describe()} received items of other schedules: {items!r}"]
@@ -576,6 +637,9 @@ class SyncRunner:
             self.max_traceback = max(self.max_traceback, frames)
             if frames > MAX_TRACEBACK:
                 return f"traceback: {type(value).__name__} with {frames} traceback entries"
+            foreign = self.foreign_frames(rec, value)
+            if foreign:
+                return f"traceback: {_show(kind, value)} holds the frames of {', '.join(foreign)}"
         if rec.interrupted:
             if kind == "exc" and isinstance(value, Interrupt):
                 return None
@@ -586,6 +650,12 @@ class SyncRunner:
             if kind == "exc" and type(value).__name__ == "GroupError" and rec.join_seq is None:
                 return None
             return f"group_by raised for it, yet it ended with {_show(kind, value)}"
+        if rec.nested and kind == "exc" and "called from its own bulk section" in _safe_str(value):
+            if None in self.limits["max_concurrency"] or served:
+                return (
+                    f"refused as a deadlock ({_show(kind, value)}), yet max_concurrency is not set or a run served it"
+                )
+            return None
         if rec.refused:
             if self.options.max_pending is None or served:
                 return f"refused with OverloadedError (max_pending={self.options.max_pending}), yet served by a run"
@@ -596,6 +666,8 @@ class SyncRunner:
             timeout = plan.body_timeout
             if timeout is None:
                 return f"ended with {_show(kind, value)} without a timeout"
+            if rec.waited < timeout * SCALE - EPSILON:
+                return f"timed out after {rec.waited:.6f} s in collect(), before its timeout of {timeout * SCALE} s"
             return None
         *before, last = served or [(None, 0)]
         rerun = [r for r, _ in before if r.end != "handover"]
@@ -606,6 +678,23 @@ class SyncRunner:
         if run is None:
             return f"ended with {_show(kind, value)} but no leader served it"
         return self.check_outcome(rec, run, slot, kind, value)
+
+    def foreign_frames(self, rec: SyncRecord, error: BaseException) -> list[str]:
+        """The frames of other calls' bodies, or of a bulk section ``rec`` never ran, that its outcome holds."""
+        led = any(run.leader == rec.index for run in self.runs)
+        found: dict[str, None] = {}
+        for link in _chain(error):
+            tb = link.__traceback__
+            while tb is not None:
+                code = tb.tb_frame.f_code
+                if code is _BODY_CODE:
+                    other = tb.tb_frame.f_locals.get("rec")
+                    if isinstance(other, SyncRecord) and other.index != rec.index:
+                        found[f"call #{other.index}"] = None
+                elif code in _BULK_CODES and not led:
+                    found[f"a bulk section ({code.co_name})"] = None
+                tb = tb.tb_next
+        return list(found)
 
     def check_outcome(self, rec: SyncRecord, run: SyncRun, slot: int, kind: str, value: Any) -> str | None:  # noqa: C901, PLR0911, PLR0912 -- one rule per end
         shown = _show(kind, value)
@@ -697,6 +786,13 @@ class SyncRunner:
         return problems
 
 
+#: The code of a call's body (its frame names the call) and of a leader's bulk section.
+_BODY_CODE: Final = SyncRunner.body.__code__
+_BULK_CODES: Final = frozenset(
+    {SyncRunner.lead.__code__, SyncRunner.bulk_fault.__code__, _generate.__code__, _key_of.__code__}
+)
+
+
 def run_sync(schedule: SyncSchedule, *, sabotage: bool = False, check_table: bool = True) -> tuple[list[str], Totals]:
     """Play ``schedule`` with a pool of threads; return its problems and totals."""
     totals = Totals(schedules=1, calls=len(schedule.calls))
@@ -708,11 +804,14 @@ def run_sync(schedule: SyncSchedule, *, sabotage: bool = False, check_table: boo
     loop = runner.loop
     ACTIVE.append(runner)
     loop.clock = FaultClock(runner)
+    lock = loop.lock
+    loop.lock = JoinOrder(runner, lock)  # type: ignore[assignment]
     with hooks.installed():
         try:
             runner.play()
         finally:
             loop.clock = _REAL_CLOCK
+            loop.lock = lock
             ACTIVE.clear()
         runner.batches.clear()
         problems = runner.check()

@@ -15,7 +15,10 @@ the pool of threads that makes the calls, and controls (``drain()``, ``flush()``
 
 The leaders' faults are ``SYNC_FAULTS``: those of asyncio that a thread can make, and
 ``"departure"`` and ``"exit"``: the leader dies of a ``BaseException`` that is not an
-``Exception`` (a private one, ``SystemExit``) before ``scatter()``, so the batch is handed over.
+``Exception`` (a private one, ``SystemExit``) before ``scatter()``, so the batch is handed over;
+``"drain_inside"``: the bulk section calls the function's ``drain()``, which refuses with a
+``RuntimeError`` (a fault); ``"nested"``: the bulk section calls the function itself, in the
+leader's thread (a call of its own, served or refused as a deadlock; not a fault).
 """
 
 from __future__ import annotations
@@ -40,7 +43,18 @@ if TYPE_CHECKING:
 __all__ = ["SYNC_FAULTS", "Control", "SyncSchedule", "draw_sync_schedule"]
 
 #: The leaders' faults on threads (no cancellation: a thread dies of a BaseException instead).
-SYNC_FAULTS: Final = ("raise", "departure", "exit", "no_scatter", "key_raises", "wrong_length", "gen_raises", "after")
+SYNC_FAULTS: Final = (
+    "raise",
+    "departure",
+    "exit",
+    "drain_inside",
+    "nested",
+    "no_scatter",
+    "key_raises",
+    "wrong_length",
+    "gen_raises",
+    "after",
+)
 #: ``max_concurrency``: the thread API's default is 4 (the size of a connection pool).
 SYNC_CONCURRENCIES: Final = (None, 1, 2, 3, 4, 4)
 #: How many threads make the calls of a schedule (each makes its calls one after the other).
