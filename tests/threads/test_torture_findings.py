@@ -28,6 +28,52 @@ def _until(condition: Any, what: str) -> None:
         time.sleep(0.001)
 
 
+def _start(target: Any, *args: object) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def _join(threads: list[threading.Thread], seconds: float) -> list[threading.Thread]:
+    """Join ``threads`` within ``seconds`` in all; return those still running."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    return [thread for thread in threads if thread.is_alive()]
+
+
+class Nesting:
+    """A thread-batched function (2 slots) whose bulk sections wait for a gate, then call it again."""
+
+    def __init__(self) -> None:
+        self.gates = {"a": threading.Event(), "b": threading.Event()}
+        self.nests = {"a": "a2", "c": "c2"}  # the item whose bulk section calls the function, and with what
+        self.outcomes: dict[str, object] = {}
+        self.work = batch(max_concurrency=2)(self.body)
+
+    def body(self, item: str) -> str:
+        items = collect(item)
+        if item in self.gates:
+            self.gates[item].wait(STEP)
+        if item in self.nests:
+            self.call(self.nests[item])  # a call of its own, from the bulk section
+        return scatter([f"result {i}" for i in items])
+
+    def call(self, item: str) -> None:
+        try:
+            self.outcomes[item] = self.work(item)
+        except Exception as error:  # noqa: BLE001 -- the outcome is the point
+            self.outcomes[item] = error
+
+    def running(self) -> int:
+        return sum(part.running for part in list(partitions_of(self.work).values()))
+
+    def queued(self) -> int:
+        """The members of the batches queued for a slot."""
+        parts = list(partitions_of(self.work).values())
+        return sum(len(queued.members) for part in parts for queued in (part.pending or ()))
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -37,69 +83,29 @@ def _until(condition: Any, what: str) -> None:
     ),
 )
 def test_a_call_from_a_bulk_section_that_could_never_run_is_refused_through_a_running_batch():
-    """Two slots, held by A's and C's bulk sections; A's nested call a2 waits in C's batch; C's nested call c2 waits for a slot.
+    """Two slots, held by A's and C's bulk sections; A's call a2 waits in C's batch; C's call c2 waits for a slot.
 
     A waits for a2, a2 for C's scatter(), C for c2, c2 for a slot that A or C would free: no
     slot can ever free. Like the direct case (every running bulk section waits for a call
     queued in this partition), c2 must fail at once with RuntimeError, not wait for ever.
     """
-    gates = {"a": threading.Event(), "b": threading.Event()}
-    outcomes: dict[str, object] = {}
+    nesting = Nesting()
+    threads = [_start(nesting.call, "a")]
+    _until(lambda: nesting.running() == 1, "A leads")
+    threads.append(_start(nesting.call, "b"))
+    _until(lambda: nesting.running() == 2, "B leads: both slots are busy")
+    threads.append(_start(nesting.call, "c"))
+    _until(lambda: nesting.queued() == 1, "C waits in a batch queued for a slot")
+    nesting.gates["a"].set()
+    _until(lambda: nesting.queued() == 2, "A's call a2 joined C's batch")
+    nesting.gates["b"].set()  # B scatters: C's batch takes its slot, and C leads it
 
-    def nested(item: str) -> None:
-        try:
-            outcomes[item] = work(item)
-        except Exception as error:  # noqa: BLE001 -- the outcome is the point
-            outcomes[item] = error
-
-    @batch(max_concurrency=2)
-    def work(item: str) -> str:
-        items = collect(item)
-        if item in gates:
-            gates[item].wait(STEP)
-        if item == "a":
-            nested("a2")  # joins C's batch, queued for a slot
-        if item == "c":
-            nested("c2")  # no slot: A's and C's bulk sections hold both
-        return scatter([f"result {i}" for i in items])
-
-    def call(item: str) -> threading.Thread:
-        def run() -> None:
-            try:
-                outcomes[item] = work(item)
-            except Exception as error:  # noqa: BLE001 -- the outcome is the point
-                outcomes[item] = error
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        return thread
-
-    def part() -> Any:
-        parts = list(partitions_of(work).values())
-        return parts[0] if parts else None
-
-    def queued_members() -> int:
-        p = part()
-        return sum(len(b.members) for b in (p.pending or ())) if p is not None else 0
-
-    threads = [call("a")]
-    _until(lambda: part() is not None and part().running == 1, "A leads")
-    threads.append(call("b"))
-    _until(lambda: part().running == 2, "B leads: both slots are busy")
-    threads.append(call("c"))
-    _until(lambda: queued_members() == 1, "C waits in a batch queued for a slot")
-    gates["a"].set()
-    _until(lambda: queued_members() == 2, "A's nested call a2 joined C's batch")
-    gates["b"].set()  # B scatters: C's batch takes its slot, and C leads it
-
-    for thread in threads:
-        thread.join(0.5)
-    stuck = [thread for thread in threads if thread.is_alive()]
+    stuck = _join(threads, 0.5)
     if stuck:
         # Deadlocked: let the queued batch in (and every thread end) before failing.
-        work.configure(max_concurrency=None)
-        for thread in threads:
-            thread.join(STEP)
+        nesting.work.configure(max_concurrency=None)
+        _join(threads, STEP)
+    outcomes = nesting.outcomes
     assert not stuck, f"{len(stuck)} thread(s) blocked: {outcomes}"
     assert isinstance(outcomes["c2"], RuntimeError), outcomes
     assert outcomes["a"] == "result a"

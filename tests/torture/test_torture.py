@@ -177,8 +177,8 @@ def test_a_thread_api_call_that_never_ends_is_reported_as_a_hang(monkeypatch):
             if thread.name == harness_threads_api.THREAD_NAME:
                 thread.join(10)
     assert totals.hangs >= 1, problems
-    assert "'state 2'" in problems[0], problems  # the leader, in its bulk section
-    assert "'state 1'" in problems[0], problems  # its follower, waiting in collect()
+    assert "'in the bulk section of run 0'" in problems[0], problems
+    assert "'in collect()'" in problems[0], problems  # its follower
 
 
 @pytest.mark.parametrize("structure", [None, "taskgroup"])
