@@ -7,6 +7,7 @@ every time; it is marked ``xfail(strict=True)`` until the engine is fixed. See F
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from tests.support import partitions_of
 
+import concresce
 from concresce.threads import batch, collect, scatter
 
 #: Seconds a step may take at most (the whole test takes well under a second when it passes).
@@ -66,12 +68,29 @@ class Nesting:
             self.outcomes[item] = error
 
     def running(self) -> int:
-        return sum(part.running for part in list(partitions_of(self.work).values()))
+        return _running(self.work)
 
     def queued(self) -> int:
-        """The members of the batches queued for a slot."""
-        parts = list(partitions_of(self.work).values())
-        return sum(len(queued.members) for part in parts for queued in (part.pending or ()))
+        return _queued(self.work)
+
+
+def _running(work: Any) -> int:
+    """The bulk sections of ``work`` running (slots held)."""
+    return sum(part.running for part in list(partitions_of(work).values()))
+
+
+def _queued(work: Any) -> int:
+    """The members of the batches of ``work`` queued for a slot."""
+    parts = list(partitions_of(work).values())
+    return sum(len(queued.members) for part in parts for queued in (part.pending or ()))
+
+
+async def _until_async(condition: Any) -> None:
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    pytest.fail("a step never came")
 
 
 @pytest.mark.xfail(
@@ -111,3 +130,50 @@ def test_a_call_from_a_bulk_section_that_could_never_run_is_refused_through_a_ru
     assert outcomes["a"] == "result a"
     assert outcomes["a2"] == "result a2"
     assert outcomes["c"] == "result c"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the same cycle on asyncio: refuse_deadlock() is the engine's, shared by every runtime",
+)
+def test_the_same_cycle_deadlocks_on_asyncio():
+    """The scenario above with tasks: A's call a2 waits in C's batch, C's call c2 for a slot A or C holds."""
+    gates: dict[str, asyncio.Event] = {}
+    nests = {"a": "a2", "c": "c2"}
+    outcomes: dict[str, object] = {}
+
+    @concresce.batch(max_concurrency=2)
+    async def work(item: str) -> str:
+        items = await concresce.collect(item)
+        if item in gates:
+            await gates[item].wait()
+        if item in nests:
+            await call(nests[item])
+        return concresce.scatter([f"result {i}" for i in items])
+
+    async def call(item: str) -> None:
+        try:
+            outcomes[item] = await work(item)
+        except Exception as error:  # noqa: BLE001 -- the outcome is the point
+            outcomes[item] = error
+
+    async def main() -> set[asyncio.Task[None]]:
+        gates.update(a=asyncio.Event(), b=asyncio.Event())
+        tasks = [asyncio.create_task(call("a"))]
+        await _until_async(lambda: _running(work) == 1)
+        tasks.append(asyncio.create_task(call("b")))
+        await _until_async(lambda: _running(work) == 2)
+        tasks.append(asyncio.create_task(call("c")))
+        await _until_async(lambda: _queued(work) == 1)
+        gates["a"].set()
+        await _until_async(lambda: _queued(work) == 2)
+        gates["b"].set()
+        _, stuck = await asyncio.wait(tasks, timeout=0.5)
+        if stuck:
+            work.configure(max_concurrency=None)  # let every task end before failing
+            await asyncio.wait(tasks, timeout=STEP)
+        return stuck
+
+    stuck = asyncio.run(main())
+    assert not stuck, f"{len(stuck)} task(s) blocked: {outcomes}"
+    assert isinstance(outcomes["c2"], RuntimeError), outcomes
