@@ -41,9 +41,10 @@ import traceback
 import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 from tests.support import gc_collect_harder, live_engine_objects, new_virtual_loop, partitions_of
+from tests.torture.functions import Arg, GroupError, Host, batch_options, function_for
 from tests.torture.schedules import (
     HAS_CANCELLING,
     TRIO_FAULTS,
@@ -85,15 +86,6 @@ _TIMEOUT_ERRORS: Final = (TimeoutError, asyncio.TimeoutError)
 # --------------------------------------------------------------------------------------
 
 
-class Arg(NamedTuple):
-    """The argument of one call: its index, its group key and whether group_by fails for it."""
-
-    index: int
-    group: int
-    group_fails: bool
-    fancy_key: bool  # group_by returns a GroupKey (whose repr() raises for group 2)
-
-
 class Item:
     """A collected item: which runner and call made it, its partition, value and weight."""
 
@@ -127,27 +119,6 @@ class DedupeItem(Item):
         return hash((self.value, self.part))
 
 
-class GroupKey:
-    """A ``group_by`` key whose ``repr()`` raises for group 2 (observers format partition keys)."""
-
-    __slots__ = ("group",)
-
-    def __init__(self, group: int) -> None:
-        self.group = group
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GroupKey) and other.group == self.group
-
-    def __hash__(self) -> int:
-        return hash(self.group)
-
-    def __repr__(self) -> str:
-        if self.group == 2:
-            msg = "GroupKey(2) has no repr"
-            raise ValueError(msg)
-        return f"GroupKey({self.group})"
-
-
 class TortureError(Exception):
     """An exception made by the schedule; its message names the run (``[run N]``)."""
 
@@ -176,16 +147,8 @@ class KeyFunctionError(TortureError):
     """What ``scatter(key=...)``'s key function raises."""
 
 
-class GroupError(Exception):
-    """What ``group_by`` raises for a call planned to fail there."""
-
-
 class SiblingError(Exception):
     """What the failing sibling task of a ``TaskGroup`` raises."""
-
-
-class ObserverError(Exception):
-    """What the observer raises for some batch records."""
 
 
 NO_SCATTER: Final = "<returned without scatter()>"
@@ -215,79 +178,19 @@ async def _body(host: object, arg: Arg) -> Any:
     return await RUNNER.get().body(host, arg)
 
 
-def _group_of(*args: Any, **kwargs: Any) -> object:
-    arg: Arg = kwargs["arg"] if "arg" in kwargs else args[-1]
-    if arg.group_fails:
-        msg = f"group_by fails for call {arg.index}"
-        raise GroupError(msg)
-    return GroupKey(arg.group) if arg.fancy_key else arg.group
+def _make_function(kind: tuple[bool, ...]) -> Any:
+    """The ``async def`` batched function of a kind (see ``functions.function_for()``)."""
+    decorate = batch(**batch_options(kind))
+    if kind[1]:  # a method
 
-
-def _weight_of(item: Item) -> float:
-    return item.weight
-
-
-_observed = itertools.count()
-
-
-def _observe(record: object) -> None:
-    if next(_observed) % 5 == 0:
-        msg = f"observer fails for {record!r}"
-        raise ObserverError(msg)
-
-
-#: One batched function per kind of options, kept across schedules and loops (and shared by
-#: the threads of run_threads()): state of finished schedules and closed loops must not stay.
-_FUNCTIONS: dict[tuple[bool, ...], Any] = {}
-_FUNCTIONS_LOCK: Final = threading.Lock()
-
-
-def function_for(options: Options, *, configure: bool = True) -> tuple[Any, type[Any] | None]:
-    """The batched function for ``options`` (configured with them), and its class for a method."""
-    kind = (options.group_by, options.method, options.dedupe, options.max_weight is not None, options.observer)
-    with _FUNCTIONS_LOCK:
-        made = _FUNCTIONS.get(kind)
-        if made is None:
-            made = _FUNCTIONS[kind] = _make_function(*kind)
-    fn = made.work if isinstance(made, type) else made
-    if not configure:
-        return fn, made if isinstance(made, type) else None
-    fn.configure(
-        max_window=options.max_window,
-        max_size=options.max_size,
-        max_concurrency=options.max_concurrency,
-        max_weight=options.max_weight,
-        max_pending=options.max_pending,
-    )
-    return fn, made if isinstance(made, type) else None
-
-
-def _make_function(group_by: bool, method: bool, dedupe: bool, weighted: bool, observer: bool) -> Any:
-    decorate = batch(
-        group_by=_group_of if group_by else None,
-        dedupe=dedupe,
-        weight=_weight_of if weighted else None,
-        max_weight=1.0 if weighted else None,
-        observer=_observe if observer else None,
-    )
-    if method:
-
-        class Host:
-            """Calls on different instances never share a batch."""
-
-            __slots__ = ("__weakref__", "number")
-
-            def __init__(self, number: int) -> None:
-                self.number = number
-
-            def __repr__(self) -> str:
-                return f"Host({self.number})"
+        class Method(Host):
+            __slots__ = ()
 
             @decorate
             async def work(self, arg: Arg) -> Any:
                 return await _body(self, arg)
 
-        return Host
+        return Method
 
     @decorate
     async def work(arg: Arg) -> Any:
@@ -462,7 +365,7 @@ class Runner:
         self.scale = scale
         self.sabotage = sabotage  # misroute on purpose (to test the oracle)
         self.ident = next(_runner_ids)
-        self.fn, self.host_class = function_for(options, configure=configure)
+        self.fn, self.host_class = function_for(options, _make_function, configure=configure)
         self.hosts = [self.host_class(n) for n in range(2)] if self.host_class is not None else []
         self.item_class = DedupeItem if options.dedupe else Item
         self.records = [
@@ -1539,7 +1442,7 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     lock = threading.Lock()
     loop_refs: list[weakref.ref[Any]] = []
     hooks = Hooks()
-    fn, _ = function_for(schedules[0][0][1].options)
+    fn, _ = function_for(schedules[0][0][1].options, _make_function)
     trio_baseline: set[int] | None = None
     if any(label.startswith("threads-trio") for mine in schedules for label, _ in mine):
         from tests.torture import harness_trio  # noqa: PLC0415 -- it imports this module

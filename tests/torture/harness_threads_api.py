@@ -53,11 +53,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from tests.support import batcher_of, gc_collect_harder, live_engine_objects
+from tests.torture.functions import Arg, Host, batch_options, function_for
 from tests.torture.harness import (
     EPSILON,
     MAX_TRACEBACK,
     NO_SCATTER,
-    Arg,
     DedupeItem,
     Hooks,
     Item,
@@ -70,16 +70,13 @@ from tests.torture.harness import (
     _count,
     _dead,
     _generate,
-    _group_of,
     _key_of,
     _kind,
     _leaks,
-    _observe,
     _safe_str,
     _same_key,
     _show,
     _traceback_size,
-    _weight_of,
 )
 
 from concresce import BatchRoutingError, MissingResultError, OverloadedError
@@ -88,7 +85,7 @@ from concresce._threads import _REAL_CLOCK, ThreadLoop
 from concresce.threads import batch, collect, scatter
 
 if TYPE_CHECKING:
-    from tests.torture.schedules import LeaderPlan, Options
+    from tests.torture.schedules import LeaderPlan
     from tests.torture.schedules_threads_api import SyncSchedule
 
     from concresce._threads import ThreadWaiter
@@ -121,56 +118,25 @@ class Interrupt(BaseException):
 
 #: The runner of the schedule being played (one at a time).
 ACTIVE: list[SyncRunner] = []
-_FUNCTIONS: dict[tuple[bool, ...], Any] = {}
 
 
 def _body(host: object, arg: Arg) -> Any:
     return ACTIVE[0].body(host, arg)
 
 
-def function_for(options: Options) -> tuple[Any, type[Any] | None]:
-    """The thread-batched function for ``options`` (configured with them), and its class for a method."""
-    kind = (options.group_by, options.method, options.dedupe, options.max_weight is not None, options.observer)
-    made = _FUNCTIONS.get(kind)
-    if made is None:
-        made = _FUNCTIONS[kind] = _make_function(*kind)
-    fn = made.work if isinstance(made, type) else made
-    fn.configure(
-        max_window=options.max_window * SCALE,
-        max_size=options.max_size,
-        max_concurrency=options.max_concurrency,
-        max_weight=options.max_weight,
-        max_pending=options.max_pending,
-    )
-    return fn, made if isinstance(made, type) else None
+def make_function(kind: tuple[bool, ...]) -> Any:
+    """The plain ``def`` thread-batched function of a kind (see ``functions.function_for()``)."""
+    decorate = batch(**batch_options(kind))
+    if kind[1]:  # a method
 
-
-def _make_function(group_by: bool, method: bool, dedupe: bool, weighted: bool, observer: bool) -> Any:
-    decorate = batch(
-        group_by=_group_of if group_by else None,
-        dedupe=dedupe,
-        weight=_weight_of if weighted else None,
-        max_weight=1.0 if weighted else None,
-        observer=_observe if observer else None,
-    )
-    if method:
-
-        class Host:
-            """Calls on different instances never share a batch."""
-
-            __slots__ = ("__weakref__", "number")
-
-            def __init__(self, number: int) -> None:
-                self.number = number
-
-            def __repr__(self) -> str:
-                return f"Host({self.number})"
+        class Method(Host):
+            __slots__ = ()
 
             @decorate
             def work(self, arg: Arg) -> Any:
                 return _body(self, arg)
 
-        return Host
+        return Method
 
     @decorate
     def work(arg: Arg) -> Any:
@@ -302,13 +268,14 @@ class SyncRunner:
     # The oracle's rules of routing are asyncio's (harness.Runner): what a plan makes of an item.
     results_for = Runner.results_for
     share = Runner.share
+    invoke = Runner.invoke  # the call, made in the style its plan says (a plain call here)
 
     def __init__(self, schedule: SyncSchedule, *, sabotage: bool = False) -> None:
         self.schedule = schedule
         self.options = options = schedule.options
         self.sabotage = sabotage
         self.ident = next(_runner_ids)
-        self.fn, self.host_class = function_for(options)
+        self.fn, self.host_class = function_for(options, make_function, scale=SCALE)
         self.loop: ThreadLoop = batcher_of(self.fn).home
         self.hosts = [self.host_class(n) for n in range(2)] if self.host_class is not None else []
         self.item_class = DedupeItem if options.dedupe else Item
@@ -458,31 +425,24 @@ class SyncRunner:
         with self.lock:
             rec = SyncRecord(len(self.records), plan, outer.part, thread=outer.thread, nested=True)
             self.records.append(rec)
+        self.call(rec, outer)
+
+    def call(self, rec: SyncRecord, outer: SyncRecord | None = None) -> None:
+        """Make the call ``rec`` in this thread and record its outcome; ``outer``: the call it is made in."""
         me = get_ident()
+        rec.thread = me
         self.by_thread[me] = rec
         try:
             rec.outcome = ("ok", self.invoke(rec))
         except BaseException as error:  # noqa: BLE001 -- the outcome is judged by the oracle
             rec.outcome = ("exc", error)
         finally:
-            self.by_thread[me] = outer
+            if outer is None:
+                del self.by_thread[me]
+            else:
+                self.by_thread[me] = outer
 
     # -- the threads ------------------------------------------------------------------------
-
-    def invoke(self, rec: SyncRecord) -> Any:
-        plan = rec.plan
-        arg = Arg(rec.index, plan.group, plan.group_fails, self.options.observer)
-        style = plan.style
-        if self.host_class is None:
-            return self.fn(arg=arg) if style >= 2 else self.fn(arg)
-        host = self.hosts[plan.instance]
-        if style == 0:
-            return host.work(arg)
-        if style == 1:
-            return self.host_class.work(host, arg)
-        if style == 2:
-            return self.host_class.work(self=host, arg=arg)
-        return host.work(arg=arg)
 
     def worker(self, todo: queue.SimpleQueue[SyncRecord | None]) -> None:
         me = get_ident()
@@ -490,14 +450,7 @@ class SyncRunner:
             self.threads.add(me)
         while (rec := todo.get()) is not None:
             self.sleep_until(rec.plan.start)
-            rec.thread = me
-            self.by_thread[me] = rec
-            try:
-                rec.outcome = ("ok", self.invoke(rec))
-            except BaseException as error:  # noqa: BLE001 -- the outcome is judged by the oracle
-                rec.outcome = ("exc", error)
-            finally:
-                del self.by_thread[me]
+            self.call(rec)
             del rec
 
     def control(self, action: str, option: str, value: float | None) -> None:
