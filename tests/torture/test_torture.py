@@ -149,7 +149,7 @@ def test_the_oracle_reports_a_misrouted_result(mode):
 def test_the_thread_api_oracle_reports_a_misrouted_result():
     """The sync mode's checker is not vacuous either: results routed in reverse are misroutes."""
     schedule = SyncSchedule(
-        options=Options(max_window=0.5, max_concurrency=1),
+        options=Options(max_window=20.0, max_size=4),  # one batch: full at 4 (the window is a second)
         calls=tuple(CallPlan(value=value) for value in range(4)),
         threads=4,
     )
@@ -168,7 +168,9 @@ def test_a_thread_api_call_that_never_ends_is_reported_as_a_hang(monkeypatch):
 
     monkeypatch.setattr(SyncRunner, "lead", stuck)
     monkeypatch.setattr(harness_threads_api, "HANG_BOUND", 0.3)
-    schedule = SyncSchedule(options=Options(max_window=0.5), calls=(CallPlan(), CallPlan(value=1)), threads=2)
+    schedule = SyncSchedule(
+        options=Options(max_window=20.0, max_size=2), calls=(CallPlan(), CallPlan(value=1)), threads=2
+    )
     try:
         problems, totals = run_one(schedule, "sync", check_table=False)
     finally:
