@@ -615,9 +615,9 @@ class SyncRunner:
                 return None
             return f"group_by raised for it, yet it ended with {_show(kind, value)}"
         if _deadlock(rec):
-            if None in self.limits["max_concurrency"] or served:
+            if self.limits["max_concurrency"] == {None} or served:  # (configure() may set one later)
                 return (
-                    f"refused as a deadlock ({_show(kind, value)}), yet max_concurrency is not set or a run served it"
+                    f"refused as a deadlock ({_show(kind, value)}), yet max_concurrency was never set or it was served"
                 )
             return None
         if rec.refused:
