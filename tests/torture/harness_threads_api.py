@@ -203,27 +203,34 @@ class FaultClock:
         return time.monotonic()
 
     def wait(self, waiter: ThreadWaiter, until: float | None) -> bool:
-        rec = self.runner.by_thread.get(get_ident())
+        me = get_ident()
+        rec = self.runner.by_thread.get(me)
         plan = None if rec is None or rec.joined is None else rec.plan.cancel
-        if plan is None:
-            return _acquire(waiter, until)
+        if rec is None or plan is None:
+            at = self.runner.interrupts.get(me)  # a drain() to interrupt
+            return _acquire(waiter, until) if at is None else _interrupted_at(waiter, until, at, None)
         if plan.phase == "on_wake":
             if _acquire(waiter, until):
-                self.interrupt(rec)
+                _interrupt(rec)
             return False
-        at = (rec.joined or 0.0) + plan.delay * SCALE
-        if until is not None and until <= at:
-            return _acquire(waiter, until)
-        if _acquire(waiter, at):
-            return True
-        self.interrupt(rec)
-        return False  # pragma: no cover -- interrupt() raises
+        return _interrupted_at(waiter, until, (rec.joined or 0.0) + plan.delay * SCALE, rec)
 
-    def interrupt(self, rec: SyncRecord | None) -> None:
-        assert rec is not None
+
+def _interrupted_at(waiter: ThreadWaiter, until: float | None, at: float, rec: SyncRecord | None) -> bool:
+    """Wait until ``until``, but raise :class:`Interrupt` at ``at`` if that comes first."""
+    if until is not None and until <= at:
+        return _acquire(waiter, until)
+    if _acquire(waiter, at):
+        return True
+    _interrupt(rec)
+    return False  # pragma: no cover -- _interrupt() raises
+
+
+def _interrupt(rec: SyncRecord | None) -> None:
+    if rec is not None:
         rec.interrupted = True
-        msg = f"call {rec.index} interrupted while it waited"
-        raise Interrupt(msg)
+    msg = "interrupted while it waited" if rec is None else f"call {rec.index} interrupted while it waited"
+    raise Interrupt(msg)
 
 
 class JoinOrder:
@@ -296,6 +303,8 @@ class SyncRunner:
         self.threads: set[int] = set()
         self.max_traceback = 0
         self.limits = {"max_size": {options.max_size}, "max_concurrency": {options.max_concurrency}}
+        self.interrupts: dict[int, float] = {}  # thread -> when to interrupt its drain()
+        self.controls: Counter[str] = Counter()  # how the controls ended, for the totals
         self.start = 0.0
 
     # -- the batched function's body ----------------------------------------------------------
@@ -474,8 +483,25 @@ class SyncRunner:
                     and self.by_thread.get(rec.thread) is rec
                     and call.state in {calls_table.MEMBER, calls_table.LEADING}
                 }
-            fn.drain(timeout=HANG_BOUND)
+            if option == "interrupt":  # an interruption raised in its wait, ``value`` seconds from now
+                self.interrupts[get_ident()] = time.monotonic() + (value or 0.0) * SCALE
+            timeout = HANG_BOUND if option != "timeout" else (value or 0.0) * SCALE
+            try:
+                fn.drain(timeout=timeout)
+            except TimeoutError:
+                if option != "timeout":
+                    raise
+                self.controls["drain() timed out"] += 1  # its time-out passed first (the batches go on)
+                return
+            except Interrupt:
+                if option != "interrupt":
+                    raise
+                self.controls["drain() interrupted"] += 1
+                return
+            finally:
+                self.interrupts.pop(get_ident(), None)  # (a later thread may get the same ident)
             self.drains.append((members, next(self.seq)))
+        self.controls[f"{action}()"] += 1
 
     def sleep_until(self, at: float) -> None:
         delay = self.start + at * SCALE - time.monotonic()
@@ -796,6 +822,7 @@ def run_sync(schedule: SyncSchedule, *, sabotage: bool = False, check_table: boo
         totals.runs = len(runner.runs)
         totals.max_traceback = runner.max_traceback
         totals.outcomes.update(map(_outcome_kind, runner.records))
+        totals.outcomes.update(runner.controls)
         items = [weakref.ref(item) for run in runner.runs for item in run.items if isinstance(item, Item)]
         del runner
         gc_collect_harder()

@@ -72,7 +72,9 @@ CONFIGURABLE: Final = {
 class Control(_Compact):
     """A control called from a thread of its own ``at`` schedule seconds: ``drain``, ``flush``, ``configure``.
 
-    ``configure`` sets ``option`` to ``value``.
+    ``configure`` sets ``option`` to ``value``. A ``drain`` with the ``option`` ``"timeout"``
+    has a time-out of ``value`` seconds; with ``"interrupt"``, its thread is interrupted
+    ``value`` seconds after it called it, if it still waits.
     """
 
     at: float = 0.0
@@ -110,6 +112,8 @@ def _sync_call(rng: random.Random, plan: CallPlan) -> CallPlan:
 def _control(rng: random.Random, end: float) -> Control:
     at = round(rng.uniform(0.0, end + 0.01), 4)
     action = rng.choice(("drain", "drain", "flush", "configure", "configure"))
+    if action == "drain" and _maybe(rng, 0.4):
+        return Control(at, action, rng.choice(("timeout", "interrupt")), rng.choice((0.0, 0.002, 0.01)))
     if action != "configure":
         return Control(at, action)
     option = rng.choice(sorted(CONFIGURABLE))
