@@ -4,9 +4,11 @@
 a pool of real threads makes the calls of a plain ``def`` decorated with
 ``concresce.threads.batch`` (arriving in bursts, some with ``collect(timeout=)``, some
 interrupted while they wait), and other threads call ``drain()``, ``flush()`` and
-``configure()`` meanwhile. Leaders follow the schedule's plans, with a fault at any step of
-the bulk section (which blocks briefly): an ``Exception``, a ``BaseException`` (the batch is
-handed over), no ``scatter()``, routing errors, an exception after ``scatter()``.
+``configure()`` meanwhile (some drains time out, some are interrupted). Leaders follow the
+schedule's plans, with a fault at any step of the bulk section (which blocks briefly): an
+``Exception``, a ``BaseException`` (the batch is handed over), a ``drain()`` of the function
+(refused), a call of the function itself (a nested call, served or refused as a deadlock),
+no ``scatter()``, routing errors, an exception after ``scatter()``.
 
 The OS schedules the threads, so no single trace is predicted: the oracle derives each
 call's expected outcome from what happened. Each leader records, as it resumes from
@@ -26,8 +28,8 @@ batch), the items it received and its plan; every result names its run and item
   what it raised. A run that ended by a ``BaseException`` is the only one a member may be
   served again after (at-least-once);
 * every batch: one partition, at most ``max_size`` (the largest in force) items, within
-  ``max_weight`` unless alone, in arrival order, the leader's item first; at most
-  ``max_concurrency`` (the largest in force) bulk sections of a partition at once;
+  ``max_weight`` unless alone, in join order (:class:`JoinOrder`), the leader's item first;
+  at most ``max_concurrency`` (the largest in force) bulk sections of a partition at once;
 * ``drain()`` returns only once the calls that were members of a batch when it was called
   have their outcome (or have left);
 * ``stats()``: calls, shed calls, batches, items, handovers and cancellations add up;
