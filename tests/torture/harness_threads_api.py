@@ -422,6 +422,10 @@ class SyncRunner:
             raise SystemExit(msg)
         if fault == "drain_inside":
             self.fn.drain(timeout=HANG_BOUND)  # inside a call of the function: a RuntimeError
+        if fault == "controls_inside":  # the controls work from a bulk section (not a fault)
+            self.fn.flush()
+            self.fn.stats()
+            self.fn.configure(max_size=self.options.max_size)
         if fault == "nested" and not self.records[run.leader].nested:
             self.nested_call(self.records[run.leader])
 
