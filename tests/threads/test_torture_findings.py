@@ -8,6 +8,7 @@ every time; it is marked ``xfail(strict=True)`` until the engine is fixed. See F
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from typing import Any
@@ -177,3 +178,54 @@ def test_the_same_cycle_deadlocks_on_asyncio():
     stuck = asyncio.run(main())
     assert not stuck, f"{len(stuck)} task(s) blocked: {outcomes}"
     assert isinstance(outcomes["c2"], RuntimeError), outcomes
+
+
+def _call_from_a_thread_of_the_bulk_section(*, with_context: bool) -> tuple[bool, dict[str, object]]:
+    """One slot; the leader's bulk section starts a thread that calls the function, and joins it.
+
+    Returns whether the thread ended within half a second, and the outcomes.
+    """
+    outcomes: dict[str, object] = {}
+
+    def nested() -> None:
+        try:
+            outcomes["a2"] = work("a2")
+        except Exception as error:  # noqa: BLE001 -- the outcome is the point
+            outcomes["a2"] = error
+
+    @batch(max_concurrency=1)
+    def work(item: str) -> str:
+        items = collect(item)
+        if item == "a":
+            target = contextvars.copy_context().run if with_context else (lambda run: run())
+            thread = _start(target, nested)
+            outcomes["ended"] = not _join([thread], 0.5)
+            if not outcomes["ended"]:
+                work.configure(max_concurrency=None)  # let it in (and end) before failing
+                _join([thread], STEP)
+        return scatter(items)
+
+    outcomes["a"] = work("a")
+    return bool(outcomes["ended"]), outcomes
+
+
+def test_a_call_from_a_thread_the_bulk_section_starts_with_its_context_is_refused():
+    """With the bulk section's context (contextvars.copy_context().run), the engine sees where the call comes from."""
+    ended, outcomes = _call_from_a_thread_of_the_bulk_section(with_context=True)
+    assert ended, outcomes
+    assert isinstance(outcomes["a2"], RuntimeError), outcomes
+    assert outcomes["a"] == "a"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a thread started by a bulk section does not inherit its context (BULK), so refuse_deadlock() "
+        "cannot tell that its call comes from the bulk section: with every slot held, it waits for ever"
+    ),
+)
+def test_a_call_from_a_thread_the_bulk_section_starts_is_refused():
+    """A plain thread (or an executor's) started by the bulk section: its call waits for the slot its leader holds."""
+    ended, outcomes = _call_from_a_thread_of_the_bulk_section(with_context=False)
+    assert ended, outcomes
+    assert isinstance(outcomes["a2"], RuntimeError), outcomes

@@ -43,6 +43,7 @@ function's loop is swapped for :class:`FaultClock`, which raises the interruptio
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import itertools
 import queue
@@ -426,21 +427,31 @@ class SyncRunner:
             self.fn.flush()
             self.fn.stats()
             self.fn.configure(max_size=self.options.max_size)
-        if fault == "nested" and not self.records[run.leader].nested:
-            self.nested_call(self.records[run.leader])
+        if fault in {"nested", "nested_thread"} and not self.records[run.leader].nested:
+            self.nested_call(self.records[run.leader], in_thread=fault == "nested_thread")
 
-    def nested_call(self, outer: SyncRecord) -> None:
-        """The bulk section calls the function itself, in the leader's thread: a call of its own.
+    def nested_call(self, outer: SyncRecord, *, in_thread: bool) -> None:
+        """The bulk section calls the function itself: a call of its own.
 
-        It is served like any other, or refused with a RuntimeError if its batch could never
-        get a ``max_concurrency`` slot; either way the bulk section goes on.
+        In the leader's thread, or (``in_thread``) in a thread it starts with its context
+        (``contextvars.copy_context()``: how the engine knows the call comes from a bulk
+        section) and joins. It is served like any other, or refused with a RuntimeError if its
+        batch could never get a ``max_concurrency`` slot; either way the bulk section goes on.
         """
         timeout = None if NESTED_TIMEOUT is None else NESTED_TIMEOUT / SCALE
         plan = dataclasses.replace(outer.plan, wait=0.0, body_timeout=timeout, cancel=None, group_fails=False)
         with self.lock:
             rec = SyncRecord(len(self.records), plan, outer.part, thread=outer.thread, nested=True)
             self.records.append(rec)
-        self.call(rec, outer)
+        if not in_thread:
+            self.call(rec, outer)
+            return
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(self.call, rec), name=THREAD_NAME, daemon=True)
+        thread.start()
+        with self.lock:
+            self.threads.add(thread.ident or 0)
+        thread.join()
 
     def call(self, rec: SyncRecord, outer: SyncRecord | None = None) -> None:
         """Make the call ``rec`` in this thread and record its outcome; ``outer``: the call it is made in."""

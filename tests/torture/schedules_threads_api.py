@@ -18,7 +18,8 @@ The leaders' faults are ``SYNC_FAULTS``: those of asyncio that a thread can make
 ``Exception`` (a private one, ``SystemExit``) before ``scatter()``, so the batch is handed over;
 ``"drain_inside"``: the bulk section calls the function's ``drain()``, which refuses with a
 ``RuntimeError`` (a fault); ``"nested"``: the bulk section calls the function itself, in the
-leader's thread (a call of its own, served or refused as a deadlock; not a fault);
+leader's thread (a call of its own, served or refused as a deadlock; not a fault), and
+``"nested_thread"`` the same from a thread it starts with its context and joins;
 ``"controls_inside"``: the bulk section calls ``flush()``, ``stats()`` and ``configure()``
 (not a fault).
 """
@@ -52,6 +53,7 @@ SYNC_FAULTS: Final = (
     "drain_inside",
     "controls_inside",
     "nested",
+    "nested_thread",
     "no_scatter",
     "key_raises",
     "wrong_length",
