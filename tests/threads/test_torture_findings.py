@@ -2,7 +2,9 @@
 
 Each test is the smallest schedule that shows one problem, played step by step (threads
 released by events, the engine's state polled between steps), so that it fails the same way
-every time; it is marked ``xfail(strict=True)`` until the engine is fixed. See FINDINGS.md.
+every time; it is marked ``xfail(strict=True)`` until the engine is fixed, then stays as a
+regression test. A test that finds its threads blocked lets them go (``configure()``) before
+failing, so that nothing stays behind. See FINDINGS.md.
 """
 
 from __future__ import annotations
@@ -94,20 +96,13 @@ async def _until_async(condition: Any) -> None:
     pytest.fail("a step never came")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "refuse_deadlock() (_admission.py) misses a cycle through a running batch: a call from a "
-        "bulk section waits for a slot held by a bulk section that waits for a member of the "
-        "first one's batch; the call waits for ever instead of failing with RuntimeError"
-    ),
-)
 def test_a_call_from_a_bulk_section_that_could_never_run_is_refused_through_a_running_batch():
     """Two slots, held by A's and C's bulk sections; A's call a2 waits in C's batch; C's call c2 waits for a slot.
 
     A waits for a2, a2 for C's scatter(), C for c2, c2 for a slot that A or C would free: no
     slot can ever free. Like the direct case (every running bulk section waits for a call
     queued in this partition), c2 must fail at once with RuntimeError, not wait for ever.
+    Finding 1 of the torture mode (FINDINGS.md): both threads blocked for ever until 90ee4a5.
     """
     nesting = Nesting()
     threads = [_start(nesting.call, "a")]
@@ -133,11 +128,7 @@ def test_a_call_from_a_bulk_section_that_could_never_run_is_refused_through_a_ru
     assert outcomes["c"] == "result c"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same cycle on asyncio: refuse_deadlock() is the engine's, shared by every runtime",
-)
-def test_the_same_cycle_deadlocks_on_asyncio():
+def test_the_same_cycle_is_refused_on_asyncio():
     """The scenario above with tasks: A's call a2 waits in C's batch, C's call c2 for a slot A or C holds."""
     gates: dict[str, asyncio.Event] = {}
     nests = {"a": "a2", "c": "c2"}
