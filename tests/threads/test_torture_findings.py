@@ -220,3 +220,77 @@ def test_a_call_from_a_thread_the_bulk_section_starts_is_refused():
     ended, outcomes = _call_from_a_thread_of_the_bulk_section(with_context=False)
     assert ended, outcomes
     assert isinstance(outcomes["a2"], RuntimeError), outcomes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "take() marks a bulk section (BULK) only when max_concurrency is set as its leader resumes: "
+        "after configure(max_concurrency=1), a call from a bulk section taken without a limit is not "
+        "known as one, and waits for ever for the slot its own leader holds"
+    ),
+)
+def test_a_call_from_a_bulk_section_is_refused_after_configure_sets_max_concurrency():
+    """No limit as A leads, then max_concurrency=1: a call from its bulk section is refused, not a deadlock."""
+    gate = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    @batch(max_concurrency=None)
+    def work(item: str) -> str:
+        items = collect(item)
+        if item == "a":
+            gate.wait(STEP)
+            try:
+                outcomes["a2"] = work("a2")
+            except Exception as error:  # noqa: BLE001 -- the outcome is the point
+                outcomes["a2"] = error
+        return scatter(items)
+
+    thread = _start(lambda: outcomes.__setitem__("a", work("a")))
+    _until(lambda: _running(work) == 1, "A leads")
+    work.configure(max_concurrency=1)  # A holds the only slot now
+    gate.set()
+    stuck = _join([thread], 0.5)
+    if stuck:
+        work.configure(max_concurrency=None)  # let a2 in (and A end) before failing
+        _join([thread], STEP)
+    assert not stuck, f"A and its call a2 blocked: {outcomes}"
+    assert isinstance(outcomes["a2"], RuntimeError), outcomes
+    assert outcomes["a"] == "a"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the same on asyncio: take() is the engine's, shared by every runtime",
+)
+def test_a_call_from_a_bulk_section_is_refused_after_configure_sets_max_concurrency_on_asyncio():
+    """The same with a task: the leader resumed (took its items) before configure(max_concurrency=1)."""
+    outcomes: dict[str, object] = {}
+
+    @concresce.batch(max_concurrency=None)
+    async def work(item: str) -> str:
+        items = await concresce.collect(item)
+        if item == "a":
+            outcomes["took"] = True
+            await gate.wait()
+            try:
+                outcomes["a2"] = await work("a2")
+            except Exception as error:  # noqa: BLE001 -- the outcome is the point
+                outcomes["a2"] = error
+        return concresce.scatter(items)
+
+    async def main() -> set[asyncio.Task[str]]:
+        task = asyncio.create_task(work("a"))
+        await _until_async(lambda: "took" in outcomes)
+        work.configure(max_concurrency=1)  # A holds the only slot now
+        gate.set()
+        _, stuck = await asyncio.wait([task], timeout=0.5)
+        if stuck:
+            work.configure(max_concurrency=None)  # let a2 in (and A end) before failing
+            await asyncio.wait([task], timeout=STEP)
+        return stuck
+
+    gate = asyncio.Event()
+    stuck = asyncio.run(main())
+    assert not stuck, f"A and its call a2 blocked: {outcomes}"
+    assert isinstance(outcomes["a2"], RuntimeError), outcomes
