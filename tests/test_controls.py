@@ -183,7 +183,10 @@ CONFIGURE_ERRORS = [
     (
         {"max_window": "1"},
         TypeError,
-        "max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), \"auto\" or an Auto(), got '1'",
+        (
+            "max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), "
+            "\"auto\" or an Auto(), got '1'"
+        ),
     ),
     ({"max_window": None}, TypeError, "max_window must be a number"),
     ({"max_size": 0}, ValueError, "max_size must be >= 1 or None, got 0"),

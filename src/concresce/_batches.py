@@ -107,6 +107,18 @@ class Partition:
         while pending and (limit is None or self.running < limit):
             pending.popleft().dispatch()
 
+    def release_held(self) -> None:
+        """A batch ended: the batch held by the tuner goes now (group commit).
+
+        Unless the in-flight limit just went down to what is still running: then it waits
+        for the next end, or its hold to expire.
+        """
+        held = self.held
+        tuner = self.batcher.tuner
+        if held is not None and (tuner is None or self.running < tuner.limit):
+            held.cancel_timer()
+            held.on_held()
+
     def wake_drainers(self) -> None:
         """Wake the drain() calls waiting on this partition's loop: they look again."""
         loop = self.loop
@@ -445,14 +457,8 @@ class Batch:
         part.running -= 1
         if part.pending:
             part.release()
-        held = part.held
-        if held is not None:
-            # A batch held by the tuner goes when a running batch ends (group commit), unless
-            # the in-flight limit just went down to what is still running.
-            tuner = batcher.tuner
-            if tuner is None or part.running < tuner.limit:
-                held.cancel_timer()
-                held.on_held()
+        if part.held is not None:
+            part.release_held()
         part.batch_ended()
         if calls >= 0:
             report(self, outcome, error, duration, calls)

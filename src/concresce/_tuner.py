@@ -15,7 +15,7 @@ size, fitted on the batches that ended), capped by ``Auto(ceiling=...)``. The in
 is hill-climbed, like TensorFlow's adaptive batch scheduler: every ``EPOCH`` batches it
 moves one step; it keeps its direction while the epoch's *power* (Kleinrock's: throughput
 divided by latency, which both a closed and an open load want high) does not drop, and turns
-back when it drops. It stays within 1 and ``max_concurrency``, and one above the most
+back when it drops by more than ``TOLERANCE``. It stays within 1 and ``max_concurrency``, and one above the most
 batches seen in flight (a limit no load reaches tells nothing).
 
 Everything here runs once per batch, at its due time and when it ends; nothing per call, no
@@ -29,10 +29,14 @@ from typing import Final, final
 
 from ._stats import Tuning
 
-__all__ = ["ALPHA", "EPOCH", "START", "Tuner"]
+__all__ = ["ALPHA", "EPOCH", "START", "TOLERANCE", "Tuner"]
 
 #: Weight of the newest batch in the running estimates (an EWMA over about 10 batches).
 ALPHA: Final = 0.1
+#: Below this variance of the batch sizes, the per-item cost is taken as 0 (all round trip).
+FLAT: Final = 1e-9
+#: A power this much below the last epoch's turns the climb back; smaller drops are noise.
+TOLERANCE: Final = 0.05
 #: Batches per step of the in-flight limit.
 EPOCH: Final = 16
 #: The in-flight limit before any step: two batches, one collecting while one runs...
@@ -80,8 +84,8 @@ class Tuner:
         # duration = round trip + per-item cost x size over the recent batches.
         self.size = self.duration = self.size_squared = self.size_duration = 0.0
         self.gap = 0.0  # EWMA of the time between two batch ends
-        self.last_end = -1.0  # when the last batch ended (< 0: none yet)
-        self.epoch_start = -1.0
+        self.last_end: float | None = None  # when the last batch ended
+        self.epoch_start = 0.0
         self.epoch_batches = self.epoch_items = 0
         self.epoch_latency = 0.0
         self.peak = 0  # the most batches in flight seen in this epoch
@@ -100,7 +104,7 @@ class Tuner:
         size = self.size
         spread = self.size_squared - size * size
         # Sizes that (almost) never vary say nothing about the per-item cost: all round trip.
-        per_item = (self.size_duration - size * self.duration) / spread if spread > 1e-9 else 0.0
+        per_item = (self.size_duration - size * self.duration) / spread if spread > FLAT else 0.0
         per_item = max(per_item, 0.0)
         return max(self.duration - per_item * size, 0.0), per_item
 
@@ -143,16 +147,16 @@ class Tuner:
         self.size_duration += alpha * (size * duration - self.size_duration)
         last = self.last_end
         self.last_end = now
-        if last < 0:
+        if last is None:
             self.epoch_start = now  # the first epoch starts at the first end
             return
-        gap = now - last
+        # Not below 0: a function used on loops with different clocks (trio offsets its own).
+        gap = max(now - last, 0.0)
         self.gap = gap if self.gap == 0 else self.gap + ALPHA * (gap - self.gap)
         self.epoch_batches += 1
         self.epoch_items += size
         self.epoch_latency += size * latency
-        if running > self.peak:
-            self.peak = running
+        self.peak = max(self.peak, running)
         if self.epoch_batches >= EPOCH:
             self.step(now)
 
@@ -162,7 +166,7 @@ class Tuner:
         items = self.epoch_items
         latency = self.epoch_latency / items if items else 0.0
         power = items / elapsed / latency if elapsed > 0 and latency > 0 else 0.0
-        if power < self.power:
+        if power < self.power * (1 - TOLERANCE):
             self.direction = -self.direction
         self.power = power
         top = self.peak + 1
