@@ -17,6 +17,7 @@ ROW_KEYS = {
     "seconds",
     "throughput_rps",
     "throughput_rps_rounds",
+    "latency_ms_rounds",
     "latency_ms",
     "queries",
     "queries_per_request",
