@@ -65,6 +65,22 @@ def markdown(result: dict[str, Any]) -> str:
             for r in mine
         ]
         lines.append("")
+    tuned = [r for r in rows if r.get("tuning")]
+    if tuned:
+        lines += [
+            "## What auto chose (database-bound variant, after each point's last round)",
+            "",
+            "| clients | in-flight limit | hold limit ms | round trip ms | per item µs | arrivals/s | mean size |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines.extend(
+            f"| {r['clients']} | {t['in_flight_limit']} | {t['hold_limit'] * 1000:.2f} | "
+            f"{t['round_trip'] * 1000:.2f} | {t['per_item'] * 1e6:.1f} | {t['arrival_rate']:,.0f} | "
+            f"{t['mean_size']:.1f} |"
+            for r in tuned
+            if (t := r["tuning"])
+        )
+        lines.append("")
     return "\n".join(lines).rstrip()
 
 

@@ -98,7 +98,7 @@ async def db_rows(args: argparse.Namespace, dsn: str, strategies: list[str]) -> 
     await run.create_table(dsn, table)
     pool = await asyncpg.create_pool(dsn, min_size=args.pool_size, max_size=args.pool_size)
     rounds: dict[tuple[str, int], list[db.Round]] = {}
-    tuning: dict[str, dict[str, Any] | None] = {}
+    tuning: dict[tuple[str, int], dict[str, Any] | None] = {}
     try:
         made = {name: db.Strategy(name, pool, table, 1000) for name in strategies}
         clients = [int(c) for c in args.concurrency.split(",")]
@@ -113,8 +113,7 @@ async def db_rows(args: argparse.Namespace, dsn: str, strategies: list[str]) -> 
                         msg = f"db {name} at {count} clients: {point.errors} wrong answers"
                         raise RuntimeError(msg)
                     rounds.setdefault((name, count), []).append(point)
-                    if count == clients[-1]:
-                        tuning[name] = made[name].stats()
+                    tuning[name, count] = made[name].stats()  # after the last round
                     log(
                         f"  db round {index + 1}/{args.rounds} c={count:<4} {name:<15}"
                         f" {len(point.latencies) / point.seconds:>8.0f} lookups/s"
@@ -134,6 +133,7 @@ async def db_rows(args: argparse.Namespace, dsn: str, strategies: list[str]) -> 
                 "p99_ms": spread([q["p99"] for q in quantiles]),
                 "throughput": spread([round(len(point.latencies) / point.seconds, 1) for point in points]),
                 "items_per_query": round(sum(p.items for p in points) / max(sum(p.queries for p in points), 1), 2),
+                "tuning": tuning[name, count],
             }
         )
     order = {name: i for i, name in enumerate(STRATEGIES)}
