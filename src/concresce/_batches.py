@@ -329,22 +329,21 @@ class Batch:
                     part.held = self
                     self.handle = part.loop.call_later(hold, self.on_held)
                     return
-        self.go()
-
-    def on_held(self) -> None:
-        """The hold ended (it expired, or a running batch ended): dispatch or queue now."""
-        self.handle = None
-        self.part.held = None
-        self.go()
-
-    def go(self) -> None:
-        """Dispatch now, or queue for a concurrency slot."""
-        part = self.part
         if part.has_slot():
             self.dispatch()
         else:
             # Every slot is busy. The batch stays open and keeps collecting (up to max_size)
             # while it waits; a finished batch dispatches it, in order.
+            part.enqueue(self)
+
+    def on_held(self) -> None:
+        """The hold ended (it expired, or a running batch ended): dispatch or queue now."""
+        self.handle = None
+        part = self.part
+        part.held = None
+        if part.has_slot():
+            self.dispatch()
+        else:
             part.enqueue(self)
 
     def close(self, reason: FlushReason) -> None:
