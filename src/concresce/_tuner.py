@@ -138,10 +138,11 @@ class Tuner:
         flight when it ended, itself included.
         """
         alpha = ALPHA
-        self.batches += 1
-        if self.batches == 1:  # the first batch is the estimate
+        batches = self.batches = self.batches + 1
+        if batches == 1:  # the first batch is the estimate
             alpha = 1.0
-        self.size += alpha * (size - self.size)
+        mean = self.size
+        self.size = mean + alpha * (size - mean)
         self.duration += alpha * (duration - self.duration)
         self.size_squared += alpha * (size * size - self.size_squared)
         self.size_duration += alpha * (size * duration - self.size_duration)
@@ -151,13 +152,17 @@ class Tuner:
             self.epoch_start = now  # the first epoch starts at the first end
             return
         # Not below 0: a function used on loops with different clocks (trio offsets its own).
-        gap = max(now - last, 0.0)
-        self.gap = gap if self.gap == 0 else self.gap + ALPHA * (gap - self.gap)
-        self.epoch_batches += 1
+        gap = now - last
+        if gap < 0:
+            gap = 0.0
+        mean = self.gap
+        self.gap = gap if mean == 0 else mean + ALPHA * (gap - mean)
         self.epoch_items += size
         self.epoch_latency += size * latency
-        self.peak = max(self.peak, running)
-        if self.epoch_batches >= EPOCH:
+        if running > self.peak:  # noqa: PLR1730 -- max() parses its arguments: 3x the cost
+            self.peak = running
+        epoch = self.epoch_batches = self.epoch_batches + 1
+        if epoch >= EPOCH:
             self.step(now)
 
     def step(self, now: float) -> None:
