@@ -4,6 +4,9 @@ Each virtual client is a task that looks up one row by primary key, waits for th
 looks up the next (closed loop), through the strategy's ``lookup`` (``app.lookup_factory``:
 the same functions the web service uses) and one asyncpg pool of ``pool_size`` connections.
 With no HTTP parsing and no second process, the database and the pool are the bottleneck.
+Between two lookups a client yields to the loop 0, 1 or 2 times at random (a little work of
+its own): without it every client would wait on the same query and the clients would move in
+lockstep, one batch of all of them at a time, whatever the flush policy.
 ``auto.py`` runs it beside the HTTP benchmark; ``measure()`` is one round of one point.
 """
 
@@ -61,6 +64,8 @@ async def measure(strategy: Strategy, clients: int, *, warmup: float, duration: 
 
     async def client(rng: random.Random) -> None:
         while not stop:
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
             item_id = rng.randrange(1, ROWS + 1)
             started = time.perf_counter()
             answer = await lookup(item_id)
