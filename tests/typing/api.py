@@ -117,7 +117,7 @@ async def controls() -> None:
     bare.configure(max_window=timedelta(milliseconds=5))
     bare.configure(max_window="auto")
     bare.configure(max_window=Auto(ceiling=0.002))
-    assert_type(bare.stats().tuning, "Tuning | None")
+    assert_type(bare.stats().tuning, Tuning | None)
     assert_type(bare.flush(), int)
     await bare.drain()
     await Repository().get.drain()
@@ -132,7 +132,7 @@ def observe(record: BatchRecord) -> None:
     assert_type(record.outcome, Literal["ok", "error", "handover"])
     del outcome
     assert_type(record.error, "type[BaseException] | None")
-    assert_type(record.tuning, "Tuning | None")
+    assert_type(record.tuning, Tuning | None)
 
 
 @batch(weight=len, max_weight=4096, max_pending=1000, observer=observe)
