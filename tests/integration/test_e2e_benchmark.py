@@ -27,22 +27,28 @@ ROW_KEYS = {
 }
 
 
-def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
-    """Three strategies at 1 and 8 clients: a well-formed report, and batching saves queries."""
+def tiny_run(script: Path, dsn: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script with unbatched, tick and auto at 1 and 8 clients, one short round each."""
     command = [
         sys.executable,
-        str(RUN),
-        f"--dsn={postgres_dsn}",
+        str(script),
+        f"--dsn={dsn}",
         "--strategies=unbatched,tick,auto",
         "--concurrency=1,8",
         "--rounds=1",
         "--warmup=0.1",
         "--duration=0.3",
-        f"--out={tmp_path}",
+        f"--out={out}",
         "--no-plot",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
     assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
+    """Three strategies at 1 and 8 clients: a well-formed report, and batching saves queries."""
+    completed = tiny_run(RUN, postgres_dsn, tmp_path, timeout=60)
     assert (tmp_path / "latest.md").read_text(encoding="utf-8") == completed.stdout
     assert not (tmp_path / "latest.png").exists()
 
@@ -118,20 +124,7 @@ AUTO = RUN.with_name("auto.py")
 
 def test_auto_benchmark_tiny_run(postgres_dsn, tmp_path):
     """auto.py, both variants, three strategies at 1 and 8 clients: every point, the targets and the tuner's choices."""
-    command = [
-        sys.executable,
-        str(AUTO),
-        f"--dsn={postgres_dsn}",
-        "--strategies=unbatched,tick,auto",
-        "--concurrency=1,8",
-        "--rounds=1",
-        "--warmup=0.1",
-        "--duration=0.3",
-        f"--out={tmp_path}",
-        "--no-plot",
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)  # noqa: S603
-    assert completed.returncode == 0, completed.stderr
+    completed = tiny_run(AUTO, postgres_dsn, tmp_path, timeout=90)
     assert (tmp_path / "auto.md").read_text(encoding="utf-8") == completed.stdout
     result = json.loads((tmp_path / "auto.json").read_text(encoding="utf-8"))
     points = {(row["variant"], row["strategy"], row["clients"]) for row in result["results"]}
