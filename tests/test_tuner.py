@@ -230,3 +230,15 @@ def test_the_tuner_never_crosses_its_bounds(ends, bound, ceiling):
                 assert hold <= ceiling
             if in_flight < tuner.limit:
                 assert hold == 0
+
+
+def test_a_batch_end_before_the_last_one_counts_as_no_gap():
+    """Loops with different clocks feed one tuner (trio offsets its own): a negative gap is 0."""
+    tuner = Tuner(None, None)
+    tuner.ended(4, 0.001, 0.001, 100.0, 1)
+    tuner.ended(4, 0.001, 0.001, 101.0, 1)
+    assert tuner.gap == 1.0
+    tuner.ended(4, 0.001, 0.001, 5.0, 1)  # another loop's clock
+
+    assert tuner.gap == pytest.approx(0.9)  # an EWMA step toward 0, not toward -96
+    assert tuner.rate() == pytest.approx(4 / 0.9)
