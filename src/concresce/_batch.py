@@ -171,7 +171,7 @@ def build(
     decorate = functools.partial(
         _decorate,
         threads=threads,
-        max_window=check_window(options["max_window"]),
+        max_window=check_window(options["max_window"], threads=threads),
         max_size=check_limit("max_size", options["max_size"]),
         group_by=check_callable("group_by", options["group_by"]),
         dedupe=check_flag("dedupe", options["dedupe"]),

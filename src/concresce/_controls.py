@@ -191,7 +191,11 @@ class Controls:
         if unknown:  # the keyword of another release (window=), or a typo
             raise TypeError(unknown_option(f"{batcher.name}.configure()", next(iter(unknown)), _CONFIGURABLE))
         # Validate everything before changing anything.
-        window = batcher.window if isinstance(max_window, _Unset) else check_window(max_window)
+        window = (
+            batcher.window
+            if isinstance(max_window, _Unset)
+            else check_window(max_window, threads=batcher.home is not None)
+        )
         size = batcher.max_size if isinstance(max_size, _Unset) else check_limit("max_size", max_size)
         concurrency = (
             batcher.max_concurrency

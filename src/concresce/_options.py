@@ -65,8 +65,18 @@ class Auto:
         return None if ceiling is None else check_seconds("ceiling", ceiling)
 
 
-def check_window(value: object) -> float | Auto:
-    """``max_window``: seconds, or an ``Auto`` (the spelling ``"auto"`` is ``Auto()``)."""
+def check_window(value: object, *, threads: bool = False) -> float | Auto:
+    """``max_window``: seconds, or an ``Auto`` (the spelling ``"auto"`` is ``Auto()``).
+
+    With ``threads`` (``concresce.threads``), seconds only: threads flush by group commit.
+    """
+    if threads and (isinstance(value, Auto) or (isinstance(value, str) and value == "auto")):
+        msg = (
+            f"max_window={value!r} is for async functions (concresce.batch); a thread-batched function "
+            "already adapts to its load by group commit: set max_concurrency to your pool size, and "
+            "max_window to a number of seconds if you want batches to wait"
+        )
+        raise ValueError(msg)
     if isinstance(value, str) and value == "auto":
         return Auto()
     if isinstance(value, Auto):
