@@ -135,8 +135,9 @@ def _blocked(part: Partition, running: list[Batch]) -> set[int]:
 
     A bulk section is blocked when a call it made waits in a batch of this partition that
     waits for a slot (open, or queued), or in a running batch whose bulk section is blocked
-    in turn (that call waits for the other leader's scatter()). Found from the origins the
-    members recorded as they joined (each the batch whose bulk section made the call).
+    in turn (that call waits for the other leader's scatter(), or leads that batch itself).
+    Found from the origins the members recorded as they joined (each the batch whose bulk
+    section made the call), and from the context each running batch's leader resumed in.
     """
     live = {id(batch) for batch in running}
     waiting = [batch for batch in (part.open, *(part.pending or ())) if batch is not None]
@@ -146,6 +147,13 @@ def _blocked(part: Partition, running: list[Batch]) -> set[int]:
         for member, source in (batch.origins or {}).items()
         if member.state == MEMBER and source is not None and id(source) in live
     ]
+    # A running batch whose leader's call came from another bulk section: that one waits for
+    # it to end (the context the leader resumed in said which, before it was marked anew).
+    for batch in running:
+        token = batch.bulk
+        source = None if token is None else token.old_value
+        if isinstance(source, Batch) and id(source) in live:
+            edges.append((id(source), batch))
     blocked: set[int] = set()
     grew = True
     while grew:

@@ -179,5 +179,5 @@ def scatter(
     call = CALLS.get(get_ident())
     if call is None:
         raise RuntimeError(outside_message("scatter()"))
-    with call.batcher.home:
+    with call.batcher.home.lock:
         return scatter_call(call, results, key, default)

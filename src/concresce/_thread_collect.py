@@ -77,19 +77,24 @@ def collect(item: T, *, timeout: float | None = None) -> list[T]:
     loop: ThreadLoop = batcher.home
     if timeout is not None:
         timeout = check_timeout(f"{batcher.name}: collect()", timeout)
-    with loop:
-        until = None if timeout is None else loop.time() + timeout
-        batch = _join(loop, call, item)
-        if call.state == LEADING:
-            return take(batch, call)  # a lone call, or one that filled its batch: no wait
-        wake = _wake_at(batch, call, until)
+    loop.refuse_reentry("a call of the function")
+    try:
+        with loop.lock:
+            until = None if timeout is None else loop.time() + timeout
+            batch = _join(loop, call, item)
+            if call.state == LEADING:
+                return take(batch, call)  # a lone call, or one that filled its batch: no wait
+            wake = _wake_at(batch, call, until)
+    except BaseException:
+        _unjoin(loop, call)
+        raise
     try:
         items = _park(loop, batch, call, until=until, wake=wake)
     except BaseException:
         if call.state != GONE:
             # Interrupted while it waited (KeyboardInterrupt, say): it leaves like a cancelled
             # task. A routed result is dropped; a leader chosen but not resumed hands over.
-            with loop:
+            with loop.lock:
                 _stop_waiting(batch, call)
         raise
     if items is not None:
@@ -117,11 +122,11 @@ def _join(loop: ThreadLoop, call: Call, item: object) -> Batch:
         batch = part.open
         if batch is None:
             batch = part.open = Batch(part)
-    call.state = MEMBER
     call.item = item
     call.batch = batch
     call.fut = loop.create_future()
     batch.members.append(call)
+    call.state = MEMBER  # after the append: an interrupt between the two leaves no member behind
     if len(batch.members) >= batch.limit:
         admit(batch, call)
     timer = batch.handle
@@ -131,6 +136,17 @@ def _join(loop: ThreadLoop, call: Call, item: object) -> Batch:
         elif timer.host is None:
             timer.host = call  # this member keeps the window
     return batch
+
+
+def _unjoin(loop: ThreadLoop, call: Call) -> None:
+    """``call`` was interrupted (a KeyboardInterrupt) while it joined: it must not stay a member.
+
+    It leaves as a member that stopped waiting, unless it resumed as the leader already (then
+    the wrapper settles the batch).
+    """
+    if call.state in {MEMBER, LEADING} and not call.batch.count:
+        with loop.lock:
+            _stop_waiting(call.batch, call)
 
 
 def _park(loop: ThreadLoop, batch: Batch, call: Call, *, until: float | None, wake: float | None) -> list[Any] | None:
@@ -148,7 +164,7 @@ def _park(loop: ThreadLoop, batch: Batch, call: Call, *, until: float | None, wa
             # loop's lock (which the leader may still hold, routing the others), and nothing
             # touches a woken waiter's call again.
             return None
-        with loop:
+        with loop.lock:
             if got:
                 fut.consumed()
             if not fut.woken:

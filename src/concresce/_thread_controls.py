@@ -105,7 +105,7 @@ class ThreadControls:
 
         Added in version 0.3.
         """
-        with self.loop:
+        with self.loop.lock:
             return self.controls.stats(reset=reset)
 
     def configure(
@@ -124,7 +124,7 @@ class ThreadControls:
 
         Added in version 0.3.
         """
-        with self.loop:
+        with self.loop.lock:
             self.controls.configure(
                 max_window=max_window,
                 max_size=max_size,
@@ -145,7 +145,7 @@ class ThreadControls:
 
         Added in version 0.3.
         """
-        with self.loop:
+        with self.loop.lock:
             return self._flush()
 
     def _flush(self) -> int:
@@ -181,12 +181,13 @@ class ThreadControls:
             )
             raise RuntimeError(msg)
         seconds = None if timeout is None else check_timeout(f"{batcher.name}.drain()", timeout)
-        with loop:
+        loop.refuse_reentry("drain()")
+        with loop.lock:
             until = None if seconds is None else loop.time() + seconds
             batches, members = in_progress(batcher, loop)
             self._flush()
         while True:
-            with loop:
+            with loop.lock:
                 if settled(batches, members):
                     return
                 if until is not None and loop.time() >= until:
@@ -197,5 +198,5 @@ class ThreadControls:
             try:
                 loop.clock.wait(fut, until)
             finally:
-                with loop:
+                with loop.lock:
                     batcher.drainers.remove(fut)

@@ -7,6 +7,7 @@ it; the engine's code is the same as on asyncio and trio, run under that lock. N
 relies on the GIL: the only state shared across threads outside the lock is the table of
 current calls, keyed by thread, where each thread writes only its own entry.
 
+``with loop.lock:`` holds it (a C-level re-entrant lock: no exception can leave it held).
 A member parks on its ``ThreadWaiter`` (a lock of its own, released to wake it). What the
 engine schedules maps onto threads without any thread of ours:
 
@@ -23,13 +24,12 @@ virtual one (tests/threads/clock.py).
 
 from __future__ import annotations
 
-from _thread import allocate_lock, get_ident
+from _thread import RLock, allocate_lock
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import TracebackType
 
 __all__ = ["SOON", "Clock", "ThreadLoop", "ThreadTimer", "ThreadWaiter"]
 
@@ -144,43 +144,31 @@ class ThreadTimer:
 class ThreadLoop:
     """The lock, clock and timers of one thread-batched function: its ``Loop``.
 
-    ``with loop:`` holds the lock. The engine calls user code under it (observers, tracing,
-    a weight function, items' ``__hash__``); a call of the same function from there would
-    wait for ever for a lock its own thread holds, so it is refused with a RuntimeError.
+    ``with loop.lock:`` holds the lock: a C-level re-entrant lock, so that an exception raised
+    in the holding thread (a ``KeyboardInterrupt``) can never leave it held, and so that code
+    run under it may take it again (``stats()`` from an observer). The engine calls user code
+    under it (observers, tracing, a weight function, an item's ``__hash__``); a call of the
+    same function from there could never be served, and ``refuse_reentry()`` refuses it.
     """
 
-    __slots__ = ("clock", "lock", "name", "owner")
+    __slots__ = ("clock", "holds", "lock", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.lock = allocate_lock()
-        self.owner = 0  # the thread holding the lock (0: none)
+        self.lock = RLock()
+        #: Whether the current thread holds the lock (``_thread.RLock``'s own test, in C).
+        self.holds: Callable[[], bool] = getattr(self.lock, "_is_owned")  # noqa: B009 -- not in typeshed
         self.clock: Clock = _REAL_CLOCK
 
-    def __enter__(self) -> None:
-        me = get_ident()
-        if self.owner == me:
+    def refuse_reentry(self, what: str) -> None:
+        """Refuse ``what``, which would wait, when the current thread holds the lock."""
+        if self.holds():
             msg = (
-                f"{self.name}: called from code that concresce runs while it holds this function's lock "
+                f"{self.name}: {what} from code that concresce runs while it holds this function's lock "
                 "(an observer, a tracing hook, a weight function, an item's __hash__ or __eq__, a key= "
-                "function of scatter()); that call could never be served: make it elsewhere"
+                "function of scatter()); it would wait for ever: make it elsewhere"
             )
             raise RuntimeError(msg)
-        self.lock.acquire()
-        self.owner = me
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.owner = 0
-        self.lock.release()
-
-    def holds(self) -> bool:
-        """Whether the current thread holds the lock."""
-        return self.owner == get_ident()
 
     # -- the Loop protocol ------------------------------------------------------------
 
@@ -198,11 +186,8 @@ class ThreadLoop:
 
     def call_soon_threadsafe(self, callback: Callable[[], object], /) -> None:
         """Run ``callback`` under the lock now (``configure()`` from any thread)."""
-        if self.holds():
+        with self.lock:
             callback()
-        else:
-            with self:
-                callback()
 
     def time(self) -> float:
         """The clock's time, in seconds."""

@@ -257,7 +257,7 @@ def thread_ended_by_error(call: Call) -> bool:
     state = call.state
     if state == LEADING:
         batch = call.batch
-        with call.batcher.home:
+        with call.batcher.home.lock:
             if isinstance(error, Exception):
                 fail(batch, error, call)
             else:
@@ -269,7 +269,7 @@ def thread_ended_by_error(call: Call) -> bool:
 def thread_ended_by_return(call: Call) -> None:
     """``ended_by_return()`` for a thread-batched call, under its function's lock."""
     if call.state == LEADING:
-        with call.batcher.home:
+        with call.batcher.home.lock:
             ended_by_return(call)
     ended_by_return(call)
 

@@ -71,7 +71,7 @@ class VirtualClock:
             self.now += seconds
             due = [waiter for waiter, until in self.sleepers.items() if until <= self.now]
         for waiter in due:
-            with waiter.loop:
+            with waiter.loop.lock:
                 waiter.signal()
 
 

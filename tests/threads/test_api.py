@@ -241,7 +241,7 @@ def test_an_observer_sees_each_batch_and_one_that_calls_the_function_is_refused_
     with caplog.at_level(logging.ERROR, logger="concresce"):
         assert get(5) == 5
     assert [(r.function, r.size, r.outcome) for r in records] == [(get.__qualname__, 1, "ok")]
-    assert "called from code that concresce runs while it holds this function's lock" in caplog.text
+    assert "a call of the function from code that concresce runs while it holds this function's lock" in caplog.text
     caplog.clear()  # its traceback holds the frames of the calls
 
 
@@ -290,3 +290,40 @@ def test_the_auto_flush_is_for_async_functions_and_threads_say_what_to_set_inste
     with pytest.raises(ValueError, match="group commit"):
         get.configure(max_window="auto")  # type: ignore[arg-type]
     assert get.stats.__self__.batcher.max_window == 0
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_a_chain_of_calls_from_bulk_sections_deeper_than_the_slots_is_refused(limit):
+    served: list[int] = []
+
+    @batch(max_concurrency=limit)
+    def rec(x: int) -> int:
+        items = collect(x)
+        if x > 0:
+            rec(x - 1)
+        served.append(x)
+        return scatter(items)
+
+    assert rec(limit - 1) == limit - 1  # as deep as the slots: every level gets one
+    assert served == list(range(limit))
+    with pytest.raises(RuntimeError, match=r"could never run \(a deadlock\)"):
+        rec(limit)  # one level more: the innermost call could never get a slot
+    assert rec.stats().in_flight_now == 0
+
+
+def test_the_same_chain_is_refused_on_asyncio():
+    import asyncio  # noqa: PLC0415
+
+    @concresce.batch(max_concurrency=2)
+    async def rec(x: int) -> int:
+        items = await concresce.collect(x)
+        if x > 0:
+            await rec(x - 1)
+        return concresce.scatter(items)
+
+    async def main() -> None:
+        assert await rec(1) == 1
+        with pytest.raises(RuntimeError, match=r"could never run \(a deadlock\)"):
+            await asyncio.wait_for(rec(2), 10)
+
+    asyncio.run(main())

@@ -97,7 +97,9 @@ def test_drain_with_nothing_in_flight_returns_at_once_and_a_timeout_bounds_it():
     clock.advance(1.0)
     drainer.join(PATIENCE)
     assert [type(error) for error in outcome] == [TimeoutError]
-    assert loop_of(get).lock.locked() is False
+    assert not loop_of(get).holds()
+    assert loop_of(get).lock.acquire(blocking=False)  # nobody holds it
+    loop_of(get).lock.release()
     assert get.stats.__self__.batcher.drainers == []
     gate.open()
     assert leader.join() == 0

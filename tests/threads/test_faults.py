@@ -234,3 +234,36 @@ def test_keyboard_interrupt_in_the_main_thread_while_it_waits_leaves_the_batch()
     assert other.join() == 1
     assert log == [("bulk", [0]), ("bulk", [1])]
     assert get.stats().cancellations == 1
+
+
+class _InterruptingTrace:
+    """A batch trace whose join() raises KeyboardInterrupt once: an interrupt right after a join."""
+
+    fired = False
+
+    def join(self) -> None:
+        if not _InterruptingTrace.fired:
+            _InterruptingTrace.fired = True
+            raise KeyboardInterrupt
+
+    def start(self, batch: object) -> None: ...
+    def end(self, batch: object, outcome: object, error: object) -> None: ...
+    def release(self) -> None: ...
+
+
+def test_an_interrupt_right_after_a_call_joined_leaves_no_member_behind(monkeypatch):
+    from concresce._reporting import TRACING  # noqa: PLC0415
+
+    get, gate, log = gated(max_concurrency=1)
+    clock = virtual_clock(get)
+    leader = Caller(get, 0)
+    gate.wait_reached()
+    monkeypatch.setattr(TRACING, "open", lambda batch: _InterruptingTrace())
+    with pytest.raises(KeyboardInterrupt):
+        get(1)  # joined the open batch, then interrupted before it could wait
+    follower = Caller(get, 2)
+    clock.wait_parked(1)
+    gate.open()
+    assert [leader.join(), follower.join()] == [0, 2]
+    assert log == [("bulk", [0]), ("bulk", [2])]
+    assert get.stats().cancellations == 1

@@ -51,17 +51,18 @@ def test_call_soon_threadsafe_runs_the_callback_under_the_lock_from_any_thread()
     loop = ThreadLoop("f")
     held: list[bool] = []
     loop.call_soon_threadsafe(lambda: held.append(loop.holds()))
-    with loop:
+    with loop.lock:
         loop.call_soon_threadsafe(lambda: held.append(loop.holds()))
     assert held == [True, True]
-    assert not loop.lock.locked()
+    assert not loop.holds()
 
 
-def test_the_lock_refuses_its_own_thread_instead_of_deadlocking():
+def test_what_would_wait_under_the_lock_is_refused_instead_of_deadlocking():
     loop = ThreadLoop("f")
-    with loop, pytest.raises(RuntimeError, match="f: called from code that concresce runs while it holds"):
-        loop.__enter__()
-    assert not loop.lock.locked()
+    loop.refuse_reentry("a call")  # not held: nothing to refuse
+    with loop.lock, pytest.raises(RuntimeError, match="f: a call from code that concresce runs while it holds"):
+        loop.refuse_reentry("a call")
+    assert not loop.holds()
 
 
 def test_the_real_clock_parks_until_a_signal_or_the_time_given():

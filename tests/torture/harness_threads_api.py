@@ -242,6 +242,12 @@ class JoinOrder:
     def release(self) -> None:
         self.lock.release()
 
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
 
 def _acquire(waiter: ThreadWaiter, until: float | None) -> bool:
     if until is None:
@@ -475,7 +481,7 @@ class SyncRunner:
                     self.limits[option].add(value)  # type: ignore[arg-type]
                 fn.configure(**{option: value})
         else:
-            with self.loop:
+            with self.loop.lock:
                 # The calls that are members of a batch now (drain() takes the same snapshot).
                 members = {
                     rec.index
