@@ -19,6 +19,8 @@ from ._options import (
     check_window,
     unknown_option,
 )
+from ._thread_controls import ThreadControls
+from ._threads import ThreadLoop
 from ._wrapper import instance_key, make_wrapper
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
     from ._stats import BatchRecord
 
-__all__ = ["batch"]
+__all__ = ["batch", "build"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,41 +123,58 @@ def batch(
 
     Added in version 0.3.
     """
+    options: dict[str, object] = {
+        "max_window": max_window,
+        "max_size": max_size,
+        "group_by": group_by,
+        "dedupe": dedupe,
+        "max_concurrency": max_concurrency,
+        "weight": weight,
+        "max_weight": max_weight,
+        "max_pending": max_pending,
+        "observer": observer,
+    }
+    return build(fn, misplaced, unknown, options, _DEFAULTS, threads=False)
+
+
+def build(
+    fn: Any,
+    misplaced: tuple[object, ...],
+    unknown: dict[str, object],
+    options: dict[str, Any],
+    defaults: dict[str, object],
+    *,
+    threads: bool,
+) -> Any:
+    """Check the options of ``batch()`` (async) or ``concresce.threads.batch()``, and decorate.
+
+    ``defaults`` are the options' defaults in the decorator called, to tell which were given.
+    """
     if misplaced or unknown or isinstance(fn, Real):
         # Options are keyword-only (the overloads say so to type checkers). These parameters
         # exist only to answer the spellings of other releases with the exact fix, keeping
         # the options that were given by keyword.
-        options: dict[str, object] = {
-            "max_window": max_window,
-            "max_size": max_size,
-            "group_by": group_by,
-            "dedupe": dedupe,
-            "max_concurrency": max_concurrency,
-            "weight": weight,
-            "max_weight": max_weight,
-            "max_pending": max_pending,
-            "observer": observer,
-        }
-        keywords = {name: value for name, value in options.items() if value is not _DEFAULTS[name]}
+        keywords = {name: value for name, value in options.items() if value is not defaults[name]}
         if misplaced or unknown or keywords:
             raise TypeError(_misspelled(fn, misplaced, unknown, keywords))
-    weigh = check_callable("weight", weight)
-    budget = check_weight_limit(max_weight)
+    weigh = check_callable("weight", options["weight"])
+    budget = check_weight_limit(options["max_weight"])
     if (weigh is None) != (budget is None):
         given, missing = ("weight", "max_weight") if budget is None else ("max_weight", "weight")
         msg = f"{given} needs {missing}: pass both, e.g. @batch(weight=len, max_weight=4096)"
         raise ValueError(msg)
     decorate = functools.partial(
         _decorate,
-        max_window=check_window(max_window),
-        max_size=check_limit("max_size", max_size),
-        group_by=check_callable("group_by", group_by),
-        dedupe=check_flag("dedupe", dedupe),
-        max_concurrency=check_limit("max_concurrency", max_concurrency),
+        threads=threads,
+        max_window=check_window(options["max_window"]),
+        max_size=check_limit("max_size", options["max_size"]),
+        group_by=check_callable("group_by", options["group_by"]),
+        dedupe=check_flag("dedupe", options["dedupe"]),
+        max_concurrency=check_limit("max_concurrency", options["max_concurrency"]),
         weight=weigh,
         max_weight=budget,
-        max_pending=check_limit("max_pending", max_pending),
-        observer=check_callable("observer", observer),
+        max_pending=check_limit("max_pending", options["max_pending"]),
+        observer=check_callable("observer", options["observer"]),
     )
     return decorate if fn is None else decorate(fn)
 
@@ -163,6 +182,7 @@ def batch(
 def _decorate(
     fn: Any,
     *,
+    threads: bool,
     max_window: float,
     max_size: int | None,
     group_by: Callable[..., Hashable] | None,
@@ -172,8 +192,8 @@ def _decorate(
     max_weight: float | None,
     max_pending: int | None,
     observer: Callable[[BatchRecord], object] | None,
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    _check_function(fn)
+) -> Callable[..., Any]:
+    _check_function(fn, threads=threads)
     name = _name_of(fn)
     method = _is_method(fn)
     batcher = Batcher(
@@ -187,18 +207,19 @@ def _decorate(
         max_weight=max_weight,
         max_pending=max_pending,
         observer=observer,
+        home=ThreadLoop(name) if threads else None,
     )
     instance = _first_parameter(fn) if method else None
     partition = _partitioner(name, instance, group_by)
-    wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, instance=instance))
+    wrapper: Any = functools.wraps(fn)(make_wrapper(fn, batcher, partition, instance=instance, threads=threads))
     if not hasattr(fn, "__qualname__"):  # a functools.partial: name it after its function
         wrapper.__name__ = wrapper.__qualname__ = name
-    controls = Controls(batcher)
+    controls = ThreadControls(batcher) if threads else Controls(batcher)
     wrapper.stats = controls.stats
     wrapper.configure = controls.configure
     wrapper.flush = controls.flush
     wrapper.drain = controls.drain
-    return cast("Callable[..., Coroutine[Any, Any, Any]]", wrapper)
+    return cast("Callable[..., Any]", wrapper)
 
 
 def _partitioner(
@@ -275,27 +296,57 @@ def _name_of(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _check_function(fn: object) -> None:
+def _check_function(fn: object, *, threads: bool) -> None:
     kind = type(fn).__name__
     if isinstance(fn, (classmethod, staticmethod)):
-        msg = f"@batch must decorate the async def function itself; put @{kind} above @batch, not below"
+        what = "plain `def`" if threads else "async def"
+        msg = f"@batch must decorate the {what} function itself; put @{kind} above @batch, not below"
         raise TypeError(msg)
-    if inspect.iscoroutinefunction(fn):
+    asynchronous = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+    if threads and callable(fn) and not asynchronous and not inspect.isgeneratorfunction(fn):
         return
-    if inspect.isasyncgenfunction(fn):
-        what = f"an async generator function {fn!r}"
-    elif inspect.isfunction(fn) or inspect.ismethod(fn):
-        what = f"a plain (not async) function {fn!r}"
-    elif isinstance(fn, Real):
+    if not threads and inspect.iscoroutinefunction(fn):
+        return
+    if isinstance(fn, Real):
         # Which option a lone number meant is a guess: show the readings that are valid.
-        what = f"{fn!r}; options are keyword-only: @batch(max_window={fn!r}) for a window of {fn!r} seconds"
+        got = f"{fn!r}; options are keyword-only: @batch(max_window={fn!r}) for a window of {fn!r} seconds"
         size = float(fn)
         if size.is_integer() and size >= 1:
-            what += f", or @batch(max_size={size:.0f}) for batches of {size:.0f} items"
+            got += f", or @batch(max_size={size:.0f}) for batches of {size:.0f} items"
+        msg = f"@batch needs {'a plain `def`' if threads else 'an `async def`'} function, got {got}"
     else:
-        what = f"{fn!r} of type {kind}"
-    msg = f"@batch needs an `async def` function, got {what}"
+        msg = _not_for_threads(fn) if threads else _not_async(fn)
     raise TypeError(msg)
+
+
+def _not_for_threads(fn: object) -> str:
+    """Why ``concresce.threads.batch`` cannot decorate ``fn``."""
+    if inspect.iscoroutinefunction(fn):
+        return (
+            f"concresce.threads.batch decorates a plain `def` function called from threads, got the "
+            f"`async def` {fn!r}: decorate it with concresce.batch (and `await collect(item)` in it)"
+        )
+    if inspect.isasyncgenfunction(fn):
+        return f"concresce.threads.batch needs a plain `def` function, got an async generator function {fn!r}"
+    if inspect.isgeneratorfunction(fn):
+        return (
+            f"concresce.threads.batch needs a plain `def` function, got a generator function {fn!r} "
+            "(its body would run after the call returned, outside the call)"
+        )
+    return f"concresce.threads.batch needs a plain `def` function, got {fn!r} of type {type(fn).__name__}"
+
+
+def _not_async(fn: object) -> str:
+    """Why ``concresce.batch`` cannot decorate ``fn``."""
+    if inspect.isasyncgenfunction(fn):
+        return f"@batch needs an `async def` function, got an async generator function {fn!r}"
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial):
+        return (
+            f"@batch needs an `async def` function, got a plain (not async) function {fn!r}: for a plain "
+            "`def` called from threads use concresce.threads.batch (with concresce.threads.collect and "
+            "scatter), or make it an `async def`"
+        )
+    return f"@batch needs an `async def` function, got {fn!r} of type {type(fn).__name__}"
 
 
 #: The keyword options of ``batch()``, in the order its signature lists them.

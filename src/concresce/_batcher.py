@@ -32,6 +32,7 @@ class Batcher:
         "drainers",
         "group_by",
         "guarded",
+        "home",
         "max_concurrency",
         "max_pending",
         "max_size",
@@ -56,8 +57,13 @@ class Batcher:
         max_weight: float | None = None,
         max_pending: int | None = None,
         observer: Callable[[BatchRecord], object] | None = None,
+        home: Any = None,
     ) -> None:
         self.name = name
+        # A thread-batched function's ThreadLoop (its lock, clock and timers; every partition
+        # is on it), or None for an async function, whose partitions are per event loop. Any:
+        # the thread code is the only reader, and reads it as the ThreadLoop it made.
+        self.home = home
         self.group_by = group_by
         self.dedupe = dedupe
         self.weight = weight

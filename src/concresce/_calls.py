@@ -9,6 +9,7 @@ states below are a call's role in its batch.
 
 from __future__ import annotations
 
+from _thread import get_ident
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._runtime import current_task, misplaced
@@ -122,7 +123,13 @@ def outside_message(what: str) -> str:
         "of an `async def` decorated with @batch, in the task that made the call (not in a task "
         "it started), then return scatter(results)"
     )
-    if current_task() is None:
+    thread_call = CALLS.get(get_ident())
+    if thread_call is not None:
+        message += (
+            f". This thread is running a call of {thread_call.batcher.name}, a plain `def` decorated "
+            "with concresce.threads.batch: use concresce.threads.collect() and scatter() in it"
+        )
+    elif current_task() is None:
         message += (
             ". No asyncio event loop or trio run is running here: concresce batches the calls "
             "made in tasks of asyncio (uvloop too) or trio, not a coroutine driven by hand "

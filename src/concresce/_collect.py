@@ -84,7 +84,7 @@ async def collect(item: T) -> list[T]:
     call.state = MEMBER
     call.item = item
     call.batch = batch
-    call.fut = loop.create_future()
+    call.fut = fut = loop.create_future()
     batch.members.append(call)
     if len(batch.members) >= batch.limit:
         # Full, or a batch that looks at every join (dedupe, weights, tracing).
@@ -93,7 +93,7 @@ async def collect(item: T) -> list[T]:
             # The call filled the batch and leads it: no waiting at all (max_size=1).
             return take(batch, call)
     try:
-        await call.fut
+        await fut
     except BaseException:
         # Cancelled (or closed) while waiting. Only this call leaves: an open batch drops
         # its item; a leader that was chosen but had not resumed yet hands the batch over;

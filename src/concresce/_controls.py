@@ -21,12 +21,15 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from ._batcher import Batcher
+    from ._batches import Batch
+    from ._calls import Call
+    from ._runtime import Loop
     from ._stats import BatchStats
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is new in 3.11
 
-__all__ = ["UNSET", "Batched", "Controls"]
+__all__ = ["UNSET", "Batched", "Controls", "in_progress", "settled"]
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -245,16 +248,9 @@ class Controls:
                 "for its own batch forever (drain from outside, e.g. at shutdown)"
             )
             raise RuntimeError(msg)
-        parts = [part for part in list(batcher.partitions.values()) if part.loop is loop]
-        # Every batch of this loop, and its members, before the flush: a flushed batch whose
-        # members were all cancelled in this loop turn ends at once, and so leaves no trace.
-        batches = [batch for part in parts for batch in (*part.running_batches(), *(part.pending or ()))]
-        batches += [part.open for part in parts if part.open is not None and not part.open.queued]
-        members = [call for batch in batches for call in batch.members]
+        batches, members = in_progress(batcher, loop)
         self.flush()  # now every batch of this loop is queued for a slot, running or ended
-        # A member cancelled just before its batch was dispatched or ended is skipped by it,
-        # and leaves collect() when its task next runs: wait for that too.
-        while any(batch.state != DONE for batch in batches) or any(call.state == MEMBER for call in members):
+        while not settled(batches, members):
             fut = loop.create_future()
             batcher.drainers.append(fut)
             try:
@@ -263,6 +259,27 @@ class Controls:
                 # Gone already if its loop was closed by hand (_closed_loops.py).
                 with contextlib.suppress(ValueError):
                     batcher.drainers.remove(fut)
+
+
+def in_progress(batcher: Batcher, loop: Loop) -> tuple[list[Batch], list[Call]]:
+    """Every batch of ``batcher`` on ``loop`` (open, queued or running), and their members.
+
+    Taken before drain() flushes: a flushed batch whose members were all cancelled in this
+    loop turn ends at once, and so leaves no trace.
+    """
+    parts = [part for part in list(batcher.partitions.values()) if part.loop is loop]
+    batches = [batch for part in parts for batch in (*part.running_batches(), *(part.pending or ()))]
+    batches += [part.open for part in parts if part.open is not None and not part.open.queued]
+    return batches, [call for batch in batches for call in batch.members]
+
+
+def settled(batches: list[Batch], members: list[Call]) -> bool:
+    """Whether every batch drain() waits for ended, and every member of them has its outcome.
+
+    A member cancelled just before its batch was dispatched or ended is skipped by it, and
+    leaves collect() when its task next runs: drain() waits for that too.
+    """
+    return all(batch.state == DONE for batch in batches) and all(call.state != MEMBER for call in members)
 
 
 def _release_all(batcher: Batcher) -> None:

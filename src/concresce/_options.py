@@ -91,3 +91,15 @@ def unknown_option(where: str, name: str, options: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"did you mean {close[0]}=? " if close else ""
     return f"{where} got an unexpected option {name}=; {hint}its options are: {', '.join(options)}"
+
+
+def check_timeout(what: str, value: object) -> float:
+    """A time-out of the thread API (``collect()``, ``drain()``): seconds >= 0, finite."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"{what}'s timeout must be a number of seconds or None, got {value!r}"
+        raise TypeError(msg)
+    seconds = float(value)
+    if not (seconds >= 0 and seconds != float("inf")):
+        msg = f"{what}'s timeout must be >= 0 and finite, got {value!r}"
+        raise ValueError(msg)
+    return seconds

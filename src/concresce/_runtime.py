@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from . import _asyncio, _trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Hashable
+    from collections.abc import Callable, Hashable
 
 __all__ = [
     "Handle",
@@ -63,9 +63,8 @@ class Waiter(Protocol):
     def get_loop(self) -> Any:
         """The loop that made it."""
 
-    def __await__(self) -> Generator[Any, None, None]:
-        """Park the current task until ``set_result()``; raises if the task is cancelled."""
-        ...
+    # Parking: an async task awaits it (asyncio's futures, trio's waiters: ``__await__``
+    # raises if the task is cancelled); a thread parks through ``ThreadLoop.clock``.
 
 
 class Loop(Protocol):

@@ -13,7 +13,7 @@ from ._routing import deliver, fail, slot_items
 if TYPE_CHECKING:
     from ._batches import Batch
 
-__all__ = ["scatter"]
+__all__ = ["MISSING", "scatter", "scatter_call"]
 
 R = TypeVar("R")
 D = TypeVar("D")
@@ -26,7 +26,7 @@ class _Missing:
         return "<missing>"
 
 
-_MISSING: Final = _Missing()
+MISSING: Final = _Missing()
 
 
 @overload
@@ -40,7 +40,7 @@ def scatter(
     /,
     *,
     key: Callable[[Any], Any] | None = None,
-    default: Any = _MISSING,
+    default: Any = MISSING,
 ) -> Any:
     """Route one result to each member of the leader's batch and return the leader's own.
 
@@ -80,7 +80,11 @@ def scatter(
 
     Added in version 0.3.
     """
-    call = current_call("scatter()")
+    return scatter_call(current_call("scatter()"), results, key, default)
+
+
+def scatter_call(call: Call, results: Any, key: Callable[[Any], Any] | None, default: Any) -> Any:
+    """``scatter()`` for the call ``call`` (asyncio, trio, or a thread under its function's lock)."""
     state = call.state
     if state != LEADING:
         raise RuntimeError(_misuse(call, state))
@@ -124,7 +128,7 @@ def _route(
     default: Any,
 ) -> list[Any]:
     """Return one share per slot (distinct item) of the batch, or raise BatchRoutingError."""
-    if type(results) is list and key is None and default is _MISSING:
+    if type(results) is list and key is None and default is MISSING:
         # The common case, without the abstract base class checks below (each one a call).
         shares: list[Any] = results  # pyright: ignore[reportUnknownVariableType]
     else:
@@ -143,7 +147,7 @@ def _shares(name: str, batch: Batch, results: Any, key: Callable[[Any], Any] | N
     if isinstance(results, Mapping):
         return _route_keyed(name, slot_items(batch), results, key, default)  # pyright: ignore[reportUnknownArgumentType]
     kind = type(results).__name__
-    if key is not None or default is not _MISSING:
+    if key is not None or default is not MISSING:
         msg = f"{name}: scatter() got key= or default= with {kind} results; they apply to a mapping only"
         raise BatchRoutingError(msg)
     if isinstance(results, (str, bytes, bytearray, AbstractSet)):
@@ -185,7 +189,7 @@ def _route_keyed(
         try:
             share = results[wanted]
         except KeyError:
-            if default is _MISSING:
+            if default is MISSING:
                 share = MissingResultError(
                     f"{name}: scatter() has no result for key {_repr(wanted)}; if a missing key is not an "
                     "error, pass a default for it: scatter(results, default=None)",

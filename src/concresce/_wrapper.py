@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import linecache
 import sys
+from _thread import get_ident
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._batcher import NO_PARTITION
@@ -22,7 +23,7 @@ from ._routing import fail
 from ._runtime import current_task, departs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Hashable
+    from collections.abc import Callable, Hashable
 
     from ._batcher import Batcher
 
@@ -34,12 +35,12 @@ __all__ = ["instance_key", "make_wrapper"]
 instance_key: Final = id
 
 _TEMPLATE: Final = """\
-async def wrapper({parameters}):
+{async_}def wrapper({parameters}):
     task = current_task()
     if task is None:
         # Not inside a task of a runtime concresce knows: an ordinary call (collect() would
-        # say why it cannot batch).
-        return await fn({arguments})
+        # say why it cannot batch). A thread-batched function's "task" is its thread.
+        return {await_}fn({arguments})
     # Call() has no __init__ (a Python-level one costs a frame per call): set its fields.
     call = Call()
     call.batcher = batcher
@@ -55,7 +56,7 @@ async def wrapper({parameters}):
         nest(task, outer)  # drain() and the re-entrancy check see every call of the task
     CALLS[task] = call
     try:
-        result = await fn({arguments})
+        result = {await_}fn({arguments})
     except Resume:
         # A follower unwound from collect(): its result was routed by the leader.
         result = call.value
@@ -105,16 +106,19 @@ class _Default:
 
 
 def make_wrapper(
-    fn: Callable[..., Coroutine[Any, Any, Any]],
+    fn: Callable[..., Any],
     batcher: Batcher,
     partition: Callable[[tuple[Any, ...], dict[str, Any]], Hashable] | None,
     *,
     instance: str | None,
-) -> Callable[..., Coroutine[Any, Any, Any]]:
+    threads: bool = False,
+) -> Callable[..., Any]:
     """Compile the wrapper of ``fn`` (``functools.wraps`` is applied by the caller).
 
     ``instance`` names a method's ``self``/``cls`` parameter (None for a function): the
-    wrapper partitions by ``instance_key()`` of it.
+    wrapper partitions by ``instance_key()`` of it. With ``threads``, ``fn`` is a plain
+    ``def`` (``concresce.threads``): the wrapper is one too, its calls are keyed by thread,
+    and it settles batches under the function's lock.
     """
     # The wrapper's globals: a namespace of its own, so fn, batcher and partition are globals
     # rather than closure variables (which would take three slots in the frame of every
@@ -130,9 +134,9 @@ def make_wrapper(
         "nest": nest,
         "unnest": unnest,
         "Resume": Resume,
-        "current_task": current_task,
-        "ended_by_error": ended_by_error,
-        "ended_by_return": ended_by_return,
+        "current_task": get_ident if threads else current_task,
+        "ended_by_error": thread_ended_by_error if threads else ended_by_error,
+        "ended_by_return": thread_ended_by_return if threads else ended_by_return,
         "instance_key": instance_key,
         "SCATTERED": SCATTERED,
     }
@@ -148,12 +152,18 @@ def make_wrapper(
         parameters, arguments, _ = exact
         pkey = "NO_PARTITION" if instance is None else f"instance_key({instance})"
     namespace["NO_PARTITION"] = NO_PARTITION
-    source = _TEMPLATE.format(parameters=parameters, arguments=arguments, pkey=pkey)
+    source = _TEMPLATE.format(
+        async_="" if threads else "async ",
+        await_="" if threads else "await ",
+        parameters=parameters,
+        arguments=arguments,
+        pkey=pkey,
+    )
     filename = f"<concresce wrapper of {getattr(fn, '__qualname__', 'a function')} at {id(fn):#x}>"
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 -- our own template
     # Tracebacks through the wrapper show its source lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    wrapper: Callable[..., Coroutine[Any, Any, Any]] = namespace["wrapper"]
+    wrapper: Callable[..., Any] = namespace["wrapper"]
     return wrapper
 
 
@@ -217,17 +227,51 @@ def ended_by_error(call: Call) -> bool:
             # A fault before scatter(): every follower still waiting gets the exception.
             fail(batch, error, call)
         return False
-    if state == RESUMED:
-        # The resume signal may come back wrapped by user structure, e.g. a TaskGroup around
-        # collect() raises BaseExceptionGroup([Resume()]).
-        group: Any = error  # BaseExceptionGroup, or the exceptiongroup backport on 3.10
-        if isinstance(getattr(group, "exceptions", None), tuple) and hasattr(group, "split"):
-            match, rest = group.split(Resume)
-            if match is not None:
-                if rest is None:
-                    return True
-                raise rest
+    return state == RESUMED and _resumed(error)
+
+
+def _resumed(error: BaseException) -> bool:
+    """Whether ``error`` is the resume signal wrapped in a group (re-raise what else it holds).
+
+    User structure may wrap it: a TaskGroup around collect() raises
+    BaseExceptionGroup([Resume()]).
+    """
+    group: Any = error  # BaseExceptionGroup, or the exceptiongroup backport on 3.10
+    if isinstance(getattr(group, "exceptions", None), tuple) and hasattr(group, "split"):
+        match, rest = group.split(Resume)
+        if match is not None:
+            if rest is None:
+                return True
+            raise rest
     return False
+
+
+def thread_ended_by_error(call: Call) -> bool:
+    """``ended_by_error()`` for a thread-batched call: settle the batch under its lock.
+
+    A leader that raised an ``Exception`` before scatter() fails its batch; one that died of
+    another ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) leaves it, and the
+    earliest member still waiting runs the bulk section again (at-least-once).
+    """
+    error = cast("BaseException", sys.exc_info()[1])
+    state = call.state
+    if state == LEADING:
+        batch = call.batch
+        with call.batcher.home:
+            if isinstance(error, Exception):
+                fail(batch, error, call)
+            else:
+                batch.hand_over(call)
+        return False
+    return state == RESUMED and _resumed(error)
+
+
+def thread_ended_by_return(call: Call) -> None:
+    """``ended_by_return()`` for a thread-batched call, under its function's lock."""
+    if call.state == LEADING:
+        with call.batcher.home:
+            ended_by_return(call)
+    ended_by_return(call)
 
 
 def ended_by_return(call: Call) -> None:
