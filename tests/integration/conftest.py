@@ -47,6 +47,9 @@ Fixtures:
 * ``eventually``: ``eventually(condition, what)`` polls ``condition()`` until it is true, and
   fails the test after 20 s: for what happens in other threads or in a server, where there
   is nothing to wait on.
+* ``joined_calls``: ``joined = joined_calls(fn)``, then ``joined()`` is how many calls of the
+  batched ``fn`` joined a batch since (from ``fn.stats()``, which counts every instance of a
+  method).
 * ``load_example``: ``load_example("redis_cache")`` imports ``examples/redis_cache.py``
   (examples are scripts, not a package) and returns the module.
 
@@ -67,7 +70,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -245,25 +248,42 @@ class _ThreadedServer:
         host, port = listener.sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def stop(self) -> None:
+        self.server.should_exit = True  # uvicorn checks it every 0.1 s
 
-@pytest.fixture
-def serve_asgi() -> Iterator[Callable[..., str]]:
-    """Factory: ``serve_asgi(app, **uvicorn_options)`` serves ``app``, returns its base URL."""
-    servers: list[_ThreadedServer] = []
+
+class _Server(Protocol):
+    """A test server running in a thread of its own (``_ThreadedServer``, ``_WaitressServer``)."""
+
+    thread: threading.Thread
+
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+def _serving(kind: str, server_class: Callable[[Any, dict[str, Any]], _Server]) -> Iterator[Callable[..., str]]:
+    """A fixture's body: a factory that serves apps, and every server stopped at the end."""
+    servers: list[_Server] = []
 
     def serve(app: Any, **options: Any) -> str:
-        server = _ThreadedServer(app, options)
+        server = server_class(app, options)
         servers.append(server)
         return server.start()
 
     yield serve
     for server in servers:
-        server.server.should_exit = True  # uvicorn checks it every 0.1 s
+        server.stop()
     for server in servers:
         server.thread.join(SERVER_STOP_TIMEOUT)
     if any(server.thread.is_alive() for server in servers):
-        msg = f"an ASGI server did not stop within {SERVER_STOP_TIMEOUT} s"
+        msg = f"a test server ({kind}) did not stop within {SERVER_STOP_TIMEOUT} s"
         raise RuntimeError(msg)
+
+
+@pytest.fixture
+def serve_asgi() -> Iterator[Callable[..., str]]:
+    """Factory: ``serve_asgi(app, **uvicorn_options)`` serves ``app``, returns its base URL."""
+    yield from _serving("ASGI", _ThreadedServer)
 
 
 class _WaitressServer:
@@ -286,26 +306,14 @@ class _WaitressServer:
                 channel.close()
 
         self.server.trigger.pull_trigger(close_all)
-        self.thread.join(SERVER_STOP_TIMEOUT)
+        # The workers end once their current request is done (none is, when a test ends).
         self.server.task_dispatcher.shutdown(timeout=SERVER_STOP_TIMEOUT)
 
 
 @pytest.fixture
 def serve_wsgi() -> Iterator[Callable[..., str]]:
     """Factory: ``serve_wsgi(app, **waitress_options)`` serves ``app``, returns its base URL."""
-    servers: list[_WaitressServer] = []
-
-    def serve(app: Any, **options: Any) -> str:
-        server = _WaitressServer(app, options)
-        servers.append(server)
-        return server.start()
-
-    yield serve
-    for server in servers:
-        server.stop()
-    if any(server.thread.is_alive() for server in servers):
-        msg = f"a WSGI server did not stop within {SERVER_STOP_TIMEOUT} s"
-        raise RuntimeError(msg)
+    yield from _serving("WSGI", _WaitressServer)
 
 
 @pytest.fixture(scope="session")
@@ -387,6 +395,21 @@ def eventually() -> Callable[[Callable[[], bool], str], None]:
             time.sleep(0.002)
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def joined_calls() -> Callable[[Any], Callable[[], int]]:
+    """``joined = joined_calls(fn)``; ``joined()``: calls of ``fn`` that joined a batch since.
+
+    ``fn`` is a batched function or method (thread or async); a method's counters are those
+    of every instance (``stats()`` is per function).
+    """
+
+    def since_now(function: Any) -> Callable[[], int]:
+        before: int = function.stats().calls
+        return lambda: function.stats().calls - before
+
+    return since_now
 
 
 @pytest.fixture(scope="session")

@@ -98,12 +98,13 @@ def test_main_answers_every_call_and_sends_fewer_queries(example, postgres_dsn):
     assert concresce_tables(postgres_dsn) == tables_before  # its table was dropped
 
 
-def test_callers_that_find_every_slot_busy_share_one_query(example, users, locked, eventually):
+def test_callers_that_find_every_slot_busy_share_one_query(example, users, locked, eventually, joined_calls):
     ids = [*range(1, 41)]  # odd ids exist, even ones do not
 
     with locked() as lock:
+        joined = joined_calls(users.get_user)
         futures = [call_in_thread(users.get_user, user_id) for user_id in ids]
-        eventually(lambda: users.get_user.stats().calls == len(ids), "every call to join a batch")
+        eventually(lambda: joined() == len(ids), "every call to join a batch")
         eventually(lambda: lock.waiting() == example.MAX_CONCURRENCY, "a query in each slot to wait for the lock")
         # Every slot is busy, so the 36 other calls wait in one batch, unsent.
         assert users.queries == example.MAX_CONCURRENCY
@@ -116,16 +117,19 @@ def test_callers_that_find_every_slot_busy_share_one_query(example, users, locke
     assert users.queries == example.MAX_CONCURRENCY + 1
 
 
-def test_a_failing_query_fails_every_member_of_its_batch_and_the_next_batch_works(example, users, locked, eventually):
+def test_a_failing_query_fails_every_member_of_its_batch_and_the_next_batch_works(
+    example, users, locked, eventually, joined_calls
+):
 
     with locked() as lock:
         # Four lone batches take the slots; their queries wait for the lock.
+        joined = joined_calls(users.get_user)
         first = [call_in_thread(users.get_user, user_id) for user_id in (1, 2, 3, 4)]
         eventually(lambda: lock.waiting() == example.MAX_CONCURRENCY, "a query in each slot to wait for the lock")
         # The next batch: one id does not fit in a bigint, so its query fails as a whole.
         batch_ids = [5, 6, 2**63, 7]
         batch = [call_in_thread(users.get_user, user_id) for user_id in batch_ids]
-        eventually(lambda: users.get_user.stats().calls == 8, "the batch's members to join it")
+        eventually(lambda: joined() == 8, "the batch's members to join it")
         lock.release()
         first_found, errors = outcomes(first), outcomes(batch)
 

@@ -109,17 +109,18 @@ def test_main_answers_every_call_and_caches_what_it_loaded(example, redis_url):
     assert keys_after == keys_before  # it deleted its keys
 
 
-def test_callers_that_find_every_slot_busy_share_one_round_trip(example, client, prefix, eventually):
+def test_callers_that_find_every_slot_busy_share_one_round_trip(example, client, prefix, eventually, joined_calls):
     client.set(f"{prefix}cached", b"from redis")
     source = GatedSource({f"b{i}": f"blocker {i}".encode() for i in range(4)} | {"x": b"x", "y": b"y"})
     cache = example.ReadThroughCache(client, source.load, prefix=prefix)
     keys = ["x", "cached", "y", "x", "unknown", "x", "cached"]
 
+    joined = joined_calls(cache.get)
     with ThreadPoolExecutor(len(keys) + 4) as pool:
         blockers = [pool.submit(cache.get, f"b{i}") for i in range(4)]
         eventually(lambda: source.waiting() == example.MAX_CONCURRENCY, "a load in each slot")
         batch = [pool.submit(cache.get, key) for key in keys]
-        eventually(lambda: cache.get.stats().calls == 4 + len(keys), "the batch's members to join it")
+        eventually(lambda: joined() == 4 + len(keys), "the batch's members to join it")
         assert cache.round_trips == {"MGET": 4, "load": 4}
         source.gate.set()
         found = outcomes([*blockers, *batch])
@@ -140,16 +141,19 @@ def test_callers_that_find_every_slot_busy_share_one_round_trip(example, client,
     assert 0 < client.ttl(f"{prefix}x") <= 300
 
 
-def test_a_failed_load_fails_every_member_of_its_batch_and_the_next_batch_works(example, client, prefix, eventually):
+def test_a_failed_load_fails_every_member_of_its_batch_and_the_next_batch_works(
+    example, client, prefix, eventually, joined_calls
+):
     source = GatedSource({f"b{i}": b"blocker" for i in range(4)} | {"a": b"A", "b": b"B"})
     source.fail_on = "poison"
     cache = example.ReadThroughCache(client, source.load, prefix=prefix)
 
+    joined = joined_calls(cache.get)
     with ThreadPoolExecutor(8) as pool:
         blockers = [pool.submit(cache.get, f"b{i}") for i in range(4)]
         eventually(lambda: source.waiting() == example.MAX_CONCURRENCY, "a load in each slot")
         batch = [pool.submit(cache.get, key) for key in ("a", "poison", "b")]
-        eventually(lambda: cache.get.stats().calls == 7, "the batch's members to join it")
+        eventually(lambda: joined() == 7, "the batch's members to join it")
         source.gate.set()
         assert outcomes(blockers) == [b"blocker"] * 4
         errors = outcomes(batch)
