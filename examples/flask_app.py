@@ -26,14 +26,16 @@ from psycopg_pool import ConnectionPool
 
 from concresce.threads import batch, collect, scatter
 
-#: Batches whose query may run at once (per lookup), and so the size of the connection pool.
-#: waitress runs up to ``THREADS`` requests at once, but only this many leaders query the
-#: database at a time, each on one connection; the lookups of the other request threads
-#: accumulate meanwhile, and go in the next batch. A smaller pool would make leaders wait
-#: for a connection; a larger one would sit idle.
-MAX_CONCURRENCY = 4
-#: waitress's request threads.
+#: waitress's request threads: up to this many requests run at once.
 THREADS = 16
+#: Batches of one lookup whose query may run at once. Only this many leaders of a lookup
+#: query the database at a time, each on one connection; the lookups that the other request
+#: threads make meanwhile accumulate, and go in the next batch.
+MAX_CONCURRENCY = 4
+#: A connection for every slot of every batched lookup (``get_lines`` and ``get_product``):
+#: a smaller pool would make leaders wait for a connection while their batch waits behind
+#: them; a larger one would sit idle.
+POOL_SIZE = 2 * MAX_CONCURRENCY
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (id bigint PRIMARY KEY, name text NOT NULL, price_cents integer NOT NULL);
@@ -47,8 +49,8 @@ CREATE TABLE IF NOT EXISTS order_lines (
 
 
 def open_pool(dsn: str, **kwargs: Any) -> ConnectionPool:
-    """A pool of ``MAX_CONCURRENCY`` connections (``kwargs``: connection options)."""
-    return ConnectionPool(dsn, min_size=MAX_CONCURRENCY, max_size=MAX_CONCURRENCY, kwargs=kwargs, open=True)
+    """A pool of ``POOL_SIZE`` connections (``kwargs``: connection options)."""
+    return ConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, kwargs=kwargs, open=True)
 
 
 def install_demo_data(pool: ConnectionPool, *, products: int = 100, orders: int = 50) -> None:
