@@ -24,6 +24,7 @@ EXTERNAL_FILES: Final = {
     "assets/benchmarks/latest.png": "benchmarks/results/latest.png",
     "assets/benchmarks/latest-cpu.png": "benchmarks/results/latest-cpu.png",
     "assets/benchmarks/e2e-latest.png": "benchmarks/e2e/results/latest.png",
+    "assets/benchmarks/threads.png": "benchmarks/results/threads.png",
 }
 
 

@@ -7,7 +7,7 @@ import builtins
 import importlib.metadata
 import importlib.resources
 import re
-import types
+from types import ModuleType
 
 import pytest
 
@@ -24,13 +24,14 @@ def test_all_is_sorted():
 
 
 def test_all_lists_every_public_name_and_nothing_else():
-    """Every public name of the package is in ``__all__`` (with ``__version__``), and everything in it exists."""
-    # A public submodule (concresce.threads) is an attribute of the package once anything has
-    # imported it, as other tests of the session may have: a module, not a name of __all__.
+    """Every public name of the package is in ``__all__`` (with ``__version__``), and everything in it exists.
+
+    Submodules (``concresce.threads``, once imported) are not names of the package's own.
+    """
     public = {
         name
         for name in dir(concresce)
-        if not name.startswith("_") and not isinstance(getattr(concresce, name), types.ModuleType)
+        if not name.startswith("_") and not isinstance(getattr(concresce, name), ModuleType)
     } | {"__version__"}
 
     assert set(concresce.__all__) == public

@@ -26,7 +26,6 @@ import importlib.metadata
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 
 import asyncpg
 from _common import ROWS, STRATEGIES, WINDOWS
@@ -43,10 +42,9 @@ from _render import markdown, plot, summarize
 
 # benchmarks/_machine.py, shared with the micro-benchmark (this folder is the script's own).
 sys.path.append(str(Path(__file__).resolve().parent.parent))
+import _postgres
 from _machine import machine
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from _postgres import BenchmarkError
 
 E2E_DIR: Final = Path(__file__).resolve().parent
 REPO_DIR: Final = E2E_DIR.parents[1]
@@ -71,46 +69,14 @@ PLANS: Final = {
 }
 
 
-class BenchmarkError(RuntimeError):
-    """A server failed, answered wrongly, or could not be set up."""
-
-
 def log(message: str) -> None:
     """Progress goes to stderr; stdout gets only the final report."""
     print(message, file=sys.stderr, flush=True)  # noqa: T201
 
 
-@contextlib.contextmanager
-def postgres(dsn: str | None) -> Iterator[tuple[str, str]]:
+def postgres(dsn: str | None) -> contextlib.AbstractContextManager[tuple[str, str]]:
     """Yield ``(dsn, where it came from)``, starting a throw-away server if there is none."""
-    if dsn:
-        yield dsn, "--dsn"
-        return
-    dsn = os.environ.get("CONCRESCE_TEST_POSTGRES_DSN")
-    if dsn:
-        yield dsn, "CONCRESCE_TEST_POSTGRES_DSN"
-        return
-    servers = REPO_DIR / ".ci" / "servers"
-    if not servers.is_file():
-        msg = "no PostgreSQL: pass --dsn or set CONCRESCE_TEST_POSTGRES_DSN"
-        raise BenchmarkError(msg)
-    bash = shutil.which("bash") or "bash"
-    directory = tempfile.mkdtemp(prefix="concresce-e2e-")
-    try:
-        log("starting a throw-away PostgreSQL with .ci/servers")
-        started = subprocess.run(  # noqa: S603 -- our own script
-            [bash, str(servers), "start", directory], capture_output=True, text=True, check=False
-        )
-        if started.returncode != 0:
-            msg = f".ci/servers start failed:\n{started.stderr}"
-            raise BenchmarkError(msg)
-        exports = dict(
-            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines() if "=" in line
-        )
-        yield exports["CONCRESCE_TEST_POSTGRES_DSN"], ".ci/servers (throw-away, stopped after the run)"
-    finally:
-        subprocess.run([bash, str(servers), "stop", directory], capture_output=True, check=False)  # noqa: S603
-        shutil.rmtree(directory, ignore_errors=True)
+    return _postgres.postgres(dsn, log=log, prefix="concresce-e2e-")
 
 
 async def create_table(dsn: str, table: str) -> str:

@@ -1,4 +1,6 @@
-"""Transparent temporal coalescing and inline micro-batching for asyncio.
+"""Transparent temporal coalescing and inline micro-batching for asyncio and trio.
+
+Plain ``def`` functions called from threads have the same API in ``concresce.threads``.
 
 Write an ``async def`` for one item; ``await collect(item)`` pools the items of concurrent
 calls, one caller (the leader) makes one bulk call, and ``scatter(results)`` routes each

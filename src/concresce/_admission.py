@@ -115,13 +115,41 @@ def admit(batch: Batch, call: Call) -> None:
         batch.close("weight")
 
 
+def _blocked(part: Partition, running: list[Batch]) -> set[int]:
+    """The running batches (their ids) whose bulk section can never end while no slot frees.
+
+    A bulk section is blocked when a call it made waits in a batch of this partition that
+    waits for a slot (open, or queued), or in a running batch whose bulk section is blocked
+    in turn (that call waits for the other leader's scatter()). Found from the origins the
+    members recorded as they joined (each the batch whose bulk section made the call).
+    """
+    live = {id(batch) for batch in running}
+    waiting = [batch for batch in (part.open, *(part.pending or ())) if batch is not None]
+    edges = [
+        (id(source), batch)
+        for batch in (*waiting, *running)
+        for member, source in (batch.origins or {}).items()
+        if member.state == MEMBER and source is not None and id(source) in live
+    ]
+    blocked: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for source, batch in edges:
+            if source not in blocked and (batch.state != RUNNING or id(batch) in blocked):
+                blocked.add(source)
+                grew = True
+    return blocked
+
+
 def refuse_deadlock(part: Partition, call: Call) -> None:
     """Refuse ``call``, just joined while every slot is busy, if its batch could never run.
 
     It could not if every running batch's bulk section waits for a call that came from
     it (in the leader's task or a task the leader started) and waits in a batch of this
-    partition not dispatched yet, ``call`` included: no slot could ever free. The call
-    leaves the batch and fails with a RuntimeError instead of a deadlock.
+    partition not dispatched yet, ``call`` included, or in a running batch whose bulk
+    section waits likewise (``_blocked()``): no slot could ever free. The call leaves the
+    batch and fails with a RuntimeError instead of a deadlock.
     """
     origin = BULK.get()
     joined = call.batch
@@ -131,12 +159,11 @@ def refuse_deadlock(part: Partition, call: Call) -> None:
     sources[call] = origin
     if origin is None or origin.part is not part or origin.state != RUNNING:
         return  # not called from a bulk section of this partition
-    waiting = [batch for batch in (part.open, *(part.pending or ())) if batch is not None]
-    origins = {
-        id(source) for batch in waiting for member, source in (batch.origins or {}).items() if member.state == MEMBER
-    }
     running = part.running_batches()
-    if len(running) < (part.batcher.max_concurrency or 0) or any(id(batch) not in origins for batch in running):
+    if len(running) < (part.batcher.max_concurrency or 0):
+        return
+    blocked = _blocked(part, running)
+    if any(id(batch) not in blocked for batch in running):
         return
     joined.members.pop()  # it joined last: undo the join
     del sources[call]

@@ -35,6 +35,8 @@ def sweep_closed_loops() -> None:
             CALLS.pop(task, None)
             OUTER.pop(task, None)
     for batcher in list(BATCHERS):
+        if batcher.home is not None:
+            continue  # a thread-batched function: its loop never closes, its lock guards it
         partitions = batcher.partitions
         for key, part in list(partitions.items()):
             if part.loop.is_closed():

@@ -142,6 +142,12 @@ def _park(loop: ThreadLoop, batch: Batch, call: Call, *, until: float | None, wa
     fut = cast("ThreadWaiter", call.fut)
     while True:
         got = loop.clock.wait(fut, wake)
+        if got and fut.woken and call.state != LEADING:
+            # Routed. The leader wrote the outcome before it released this waiter, and its
+            # release happens before this acquire: the outcome is visible here without the
+            # loop's lock (which the leader may still hold, routing the others), and nothing
+            # touches a woken waiter's call again.
+            return None
         with loop:
             if got:
                 fut.consumed()
@@ -179,11 +185,11 @@ def _stop_waiting(batch: Batch, call: Call) -> None:
     if isinstance(timer, ThreadTimer) and timer.host is call:
         timer.host = None
         if timer.callback is not None:
-            for member in batch.members:
-                if member.state == MEMBER and not member.fut.done():
-                    timer.host = member
-                    cast("ThreadWaiter", member.fut).signal()
-                    break
+            # A window still pending means a member still waits (the last to leave discards
+            # the batch, which cancels it): the earliest one keeps it from now on.
+            host = next(member for member in batch.members if member.state == MEMBER and not member.fut.done())
+            timer.host = host
+            cast("ThreadWaiter", host.fut).signal()
 
 
 def _misuse(call: Call | None) -> str:

@@ -95,7 +95,9 @@ class ThreadWaiter:
     def set_result(self, result: None, /) -> None:  # noqa: ARG002 -- the Waiter protocol
         """Wake the thread parked on it with an outcome (its call's state says which)."""
         self.woken = True
-        self.signal()
+        if not self.signalled:  # signal(), inline: once per follower of every batch
+            self.signalled = True
+            self.lock.release()
 
     def signal(self) -> None:
         """Wake the parked thread without an outcome: it looks again (a timer to keep)."""
