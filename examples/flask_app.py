@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import waitress
 from flask import Flask, abort, current_app
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from concresce.threads import batch, collect, scatter
@@ -105,6 +106,12 @@ class Stats:
             return {"calls": dict(self.calls), "queries": dict(self.queries)}
 
 
+SELECT_PRODUCTS = sql.SQL("SELECT id, name, price_cents FROM products WHERE id = ANY(%s)")
+SELECT_LINES = sql.SQL(
+    "SELECT order_id, product_id, quantity FROM order_lines WHERE order_id = ANY(%s) ORDER BY order_id, product_id"
+)
+
+
 class Catalog:
     """Per-item lookups over one pool; concurrent calls from any threads share one query per batch.
 
@@ -118,27 +125,23 @@ class Catalog:
     def __init__(self, pool: ConnectionPool, *, max_size: int = 100) -> None:
         self.stats = stats = Stats()
 
-        def query(name: str, query: str, ids: list[int]) -> list[tuple[Any, ...]]:
+        def query(name: str, query: sql.SQL, ids: list[int]) -> list[tuple[Any, ...]]:
             stats.count(stats.queries, name)
             with pool.connection() as connection:
-                return connection.execute(cast("Any", query), [ids]).fetchall()
+                return connection.execute(query, [ids]).fetchall()
 
         @batch(max_size=max_size, max_concurrency=MAX_CONCURRENCY, dedupe=True)
         def get_product(product_id: int) -> Product | None:
             stats.count(stats.calls, "get_product")
             product_ids = collect(product_id)
-            rows = query("products", "SELECT id, name, price_cents FROM products WHERE id = ANY(%s)", product_ids)
+            rows = query("products", SELECT_PRODUCTS, product_ids)
             return scatter({row[0]: Product(*row) for row in rows}, default=None)
 
         @batch(max_size=max_size, max_concurrency=MAX_CONCURRENCY, dedupe=True)
         def get_lines(order_id: int) -> list[Line]:
             stats.count(stats.calls, "get_lines")
             order_ids = collect(order_id)
-            rows = query(
-                "order_lines",
-                "SELECT order_id, product_id, quantity FROM order_lines WHERE order_id = ANY(%s) ORDER BY product_id",
-                order_ids,
-            )
+            rows = query("order_lines", SELECT_LINES, order_ids)
             lines: defaultdict[int, list[Line]] = defaultdict(list)
             for row_order_id, product_id, quantity in rows:
                 lines[row_order_id].append(Line(product_id, quantity))
