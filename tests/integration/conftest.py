@@ -349,6 +349,10 @@ class TableLock:
 
     def waiting(self) -> int:
         """How many queries of other connections wait for a lock right now."""
+        # pg_stat_activity is read once per transaction, and this connection stays in the
+        # transaction that holds the lock: without a new snapshot, every call would see what
+        # the first one saw.
+        self.connection.execute("SELECT pg_stat_clear_snapshot()")
         row = self.connection.execute(
             """SELECT count(*) FROM pg_stat_activity
                WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"""
