@@ -4,8 +4,9 @@
 (see ``_systems.py``), warms it up, pauses the garbage collector and then makes CALLS calls the
 way CASE says: ``batches`` gathers CALLS caller tasks at once (batches of 100, tick flush),
 ``lone`` awaits CALLS lone calls one after the other (N = 1: every call is a batch of its
-own). With CALLS = 0 it does everything but the measured calls: ``instructions.py`` subtracts
-that run's count, so what is left is the cost of the calls alone.
+own). ``--window auto`` measures ``max_window="auto"`` instead of the tick flush. With
+CALLS = 0 it does everything but the measured calls: ``instructions.py`` subtracts that run's
+count, so what is left is the cost of the calls alone.
 
 ``--runtime trio`` makes the callers trio tasks, started in a nursery, all in one ``trio.run``
 (for the systems that run on trio: ``floor`` is then the trio floor, ``_trio_floor.py``).
@@ -18,7 +19,7 @@ import asyncio
 import gc
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,7 +39,9 @@ def main() -> int:
     parser.add_argument("calls", type=int)
     parser.add_argument("--path", help="directory to import the system from, ahead of everything else")
     parser.add_argument("--runtime", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--window", default="0", help='the flush: seconds, or "auto" (concresce only)')
     args = parser.parse_args()
+    window: Any = args.window if args.window == "auto" else float(args.window)
     if args.path:
         sys.path.insert(0, args.path)
     if args.runtime == "trio" and not any(system.trio for system in SYSTEMS if system.name == args.system):
@@ -48,7 +51,7 @@ def main() -> int:
         return 0 if on_trio(make, args.case, args.calls) else 1
     loop = asyncio.new_event_loop()
     loop.set_debug(False)
-    f = make(loop, make_backend(BackendStats()), 100, 0.0)
+    f = make(loop, make_backend(BackendStats()), 100, window)
 
     async def caller(i: int) -> int:
         return await f(i)

@@ -25,6 +25,7 @@ EXTERNAL_FILES: Final = {
     "assets/benchmarks/latest-cpu.png": "benchmarks/results/latest-cpu.png",
     "assets/benchmarks/e2e-latest.png": "benchmarks/e2e/results/latest.png",
     "assets/benchmarks/threads.png": "benchmarks/results/threads.png",
+    "assets/benchmarks/e2e-auto.png": "benchmarks/e2e/results/auto.png",
 }
 
 

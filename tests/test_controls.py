@@ -154,6 +154,31 @@ async def test_raising_max_concurrency_from_another_thread_dispatches_on_the_bat
     assert await asyncio.gather(*tasks) == [("ok", 1), ("ok", 2)]
 
 
+async def test_a_call_from_a_bulk_section_waits_for_a_slot_raised_from_another_thread():
+    """A slot is free but its release has not run yet: a nested call is not refused, it waits for it."""
+    record = Recorder()
+
+    @batch(max_size=1, max_concurrency=1)
+    async def work(item):
+        items = await collect(item)
+        record(items)
+        if item == "a":
+            await asyncio.sleep(0)  # b joins, and queues for the only slot
+            # b waits for the only slot. A thread raises the limit; until its release runs
+            # on this loop, b stays queued with a slot free: the nested call joins behind b.
+            thread = threading.Thread(target=work.configure, kwargs={"max_concurrency": 3})
+            thread.start()
+            thread.join()
+            assert await work("nested") == "nested"
+        return scatter(items)
+
+    tasks = await started(work("a"), work("b"))
+
+    assert await asyncio.gather(*tasks) == ["a", "b"]
+    assert record[0] == ["a"]
+    assert sorted(record[1:]) == [["b"], ["nested"]]  # released together, in order; who resumes first is the loop's
+
+
 def test_raising_max_concurrency_from_another_loop_releases_each_loop_on_itself():
     """configure() on a loop in another thread dispatches a batch queued here on this loop."""
     record = Recorder()
@@ -183,7 +208,10 @@ CONFIGURE_ERRORS = [
     (
         {"max_window": "1"},
         TypeError,
-        "max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), got '1'",
+        (
+            "max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), "
+            "\"auto\" or an Auto(), got '1'"
+        ),
     ),
     ({"max_window": None}, TypeError, "max_window must be a number"),
     ({"max_size": 0}, ValueError, "max_size must be >= 1 or None, got 0"),

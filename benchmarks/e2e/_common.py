@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 #: Rows in the benchmark's table: ids 1..ROWS, each with a price.
 ROWS: Final = 10_000
@@ -12,17 +12,29 @@ STRATEGIES: Final = (
     "unbatched",
     "aiodataloader",
     "tick",
+    "window_0_5ms",
     "window_1ms",
     "window_5ms",
     "window_20ms",
     "group_commit",
+    "group_commit_2",
+    "auto",
 )
 
-#: The strategies that use concresce (``@batch``).
-CONCRESCE_STRATEGIES: Final = ("tick", "window_1ms", "window_5ms", "window_20ms", "group_commit")
-
 #: ``window_*`` strategies: their ``max_window`` in seconds.
-WINDOWS: Final = {"window_1ms": 0.001, "window_5ms": 0.005, "window_20ms": 0.02}
+WINDOWS: Final = {"window_0_5ms": 0.0005, "window_1ms": 0.001, "window_5ms": 0.005, "window_20ms": 0.02}
+
+#: The strategies that use concresce: their ``@batch`` options (besides ``max_size``).
+BATCH_OPTIONS: Final[dict[str, dict[str, Any]]] = {
+    "tick": {"max_window": 0},
+    **{name: {"max_window": seconds} for name, seconds in WINDOWS.items()},
+    "group_commit": {"max_window": 0, "max_concurrency": 1},
+    "group_commit_2": {"max_window": 0, "max_concurrency": 2},
+    "auto": {"max_window": "auto"},
+}
+
+#: The strategies that use concresce (``@batch``).
+CONCRESCE_STRATEGIES: Final = tuple(BATCH_OPTIONS)
 
 
 def price(item_id: int) -> int:

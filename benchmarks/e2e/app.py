@@ -11,9 +11,11 @@ strategy under test, fixed when the app is created:
   only, one ``WHERE id = ANY($1)`` query per request;
 * ``tick``: ``@batch(max_window=0)``: every lookup that reaches ``collect()`` in the same
   event-loop turn, from any request, shares one ``ANY($1)`` query;
-* ``window_1ms``, ``window_5ms``, ``window_20ms``: ``@batch(max_window=...)``;
+* ``window_0_5ms``, ``window_1ms``, ``window_5ms``, ``window_20ms``: ``@batch(max_window=...)``;
 * ``group_commit``: ``@batch(max_window=0, max_concurrency=1)``: one query in flight at a
-  time; the lookups that arrive meanwhile wait and go together in the next one.
+  time; the lookups that arrive meanwhile wait and go together in the next one;
+  ``group_commit_2`` the same with two in flight;
+* ``auto``: ``@batch(max_window="auto")``, the self-tuning flush.
 
 Every query goes through :class:`Store`, which counts them. ``GET /stats`` reports the
 counters and the CPU time, summed over every worker process of the server (see
@@ -30,7 +32,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
-from _common import WINDOWS, order_item_ids
+from _common import BATCH_OPTIONS, order_item_ids
 from aiodataloader import DataLoader
 from fastapi import FastAPI
 
@@ -122,13 +124,8 @@ def lookup_factory(strategy: str, store: Store, *, max_size: int | None) -> Call
 
         # A new loader per request: DataLoader's documented per-request use.
         return lambda: DataLoader(load_prices).load
-    if strategy == "tick":
-        options: dict[str, Any] = {"max_window": 0}
-    elif strategy in WINDOWS:
-        options = {"max_window": WINDOWS[strategy]}
-    elif strategy == "group_commit":
-        options = {"max_window": 0, "max_concurrency": 1}
-    else:
+    options = BATCH_OPTIONS.get(strategy)
+    if options is None:
         msg = f"unknown strategy {strategy!r}"
         raise ValueError(msg)
 

@@ -64,8 +64,8 @@ class Plan:
 
 
 PLANS: Final = {
-    "full": Plan("full", (1, 8, 64, 256), rounds=3, warmup=0.5, duration=1.5, max_requests=50_000),
-    "quick": Plan("quick", (1, 8, 64, 256), rounds=1, warmup=0.3, duration=1.0, max_requests=20_000),
+    "full": Plan("full", (1, 8, 64, 256, 512), rounds=3, warmup=0.5, duration=1.5, max_requests=50_000),
+    "quick": Plan("quick", (1, 8, 64, 256, 512), rounds=1, warmup=0.3, duration=1.0, max_requests=20_000),
 }
 
 
@@ -193,6 +193,12 @@ async def measure_point(server: Server, plan: Plan, concurrency: int, items: int
     return point
 
 
+def _quantiles(latencies: list[float]) -> dict[str, float]:
+    """p50 and p99 (ms) of one round's latencies: the spread between rounds."""
+    ordered = sorted(latencies)
+    return {"p50": round(percentile(ordered, 50) * 1000, 3), "p99": round(percentile(ordered, 99) * 1000, 3)}
+
+
 def aggregate(strategy: str, concurrency: int, points: list[Point]) -> dict[str, Any]:
     """One row of the report from the rounds of one point: their requests and latencies pooled."""
     requests = sum(point.requests for point in points)
@@ -209,6 +215,7 @@ def aggregate(strategy: str, concurrency: int, points: list[Point]) -> dict[str,
         "seconds": round(seconds, 4),
         "throughput_rps": round(requests / seconds, 1),
         "throughput_rps_rounds": [round(point.requests / point.seconds, 1) for point in points],
+        "latency_ms_rounds": [_quantiles(point.latencies) for point in points],
         "latency_ms": {
             "p50": round(percentile(latencies, 50) * 1000, 3),
             "p90": round(percentile(latencies, 90) * 1000, 3),
@@ -286,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dsn", help="PostgreSQL to use (default: $CONCRESCE_TEST_POSTGRES_DSN, else .ci/servers)")
     parser.add_argument("--quick", action="store_true", help="one round of 1 s per point (about 1 minute)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the strategies")
-    parser.add_argument("--concurrency", help="comma-separated offered concurrencies (default: 1,8,64,256)")
+    parser.add_argument("--concurrency", help="comma-separated offered concurrencies (default: 1,8,64,256,512)")
     parser.add_argument("--rounds", type=int, help="rounds per point (default: 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds of load per round (default: 1.5, or 1 with --quick)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up load before each round")

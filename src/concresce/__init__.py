@@ -16,12 +16,14 @@ from ._controls import Batched as Batched
 from ._errors import BatchRoutingError as BatchRoutingError
 from ._errors import MissingResultError as MissingResultError
 from ._errors import OverloadedError as OverloadedError
+from ._options import Auto as Auto
 from ._otel import disable_tracing as disable_tracing
 from ._otel import enable_tracing as enable_tracing
 from ._scatter import scatter as scatter
 from ._stats import BatchRecord as BatchRecord
 from ._stats import BatchStats as BatchStats
 from ._stats import Summary as Summary
+from ._stats import Tuning as Tuning
 from ._stats import add_observer as add_observer
 from ._stats import remove_observer as remove_observer
 
@@ -31,6 +33,7 @@ except _PackageNotFoundError:  # pragma: no cover -- running from a source tree 
     __version__ = "0.0.0"
 
 __all__ = [
+    "Auto",
     "BatchRecord",
     "BatchRoutingError",
     "BatchStats",
@@ -38,6 +41,7 @@ __all__ = [
     "MissingResultError",
     "OverloadedError",
     "Summary",
+    "Tuning",
     "__version__",
     "add_observer",
     "batch",

@@ -11,11 +11,13 @@ for such calls (``refuse_deadlock()``).
 from __future__ import annotations
 
 import contextlib
+from _thread import get_ident
 from typing import TYPE_CHECKING, Any, cast
 
 from ._batches import BULK, RUNNING, Batch, Partition
-from ._calls import IDLE, MEMBER
+from ._calls import IDLE, LEADING, MEMBER, OUTER
 from ._errors import OverloadedError
+from ._runtime import current_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,6 +117,19 @@ def admit(batch: Batch, call: Call) -> None:
         batch.close("weight")
 
 
+def _led_here(part: Partition) -> Batch | None:
+    """The batch of ``part`` whose bulk section the current task (or thread) is running, if any.
+
+    What ``BULK`` says, for a leader that resumed before ``configure()`` set a
+    ``max_concurrency`` (its context was not marked then): the calls its task interrupted.
+    """
+    task = get_ident() if part.loop is part.batcher.home else current_task()
+    for outer in OUTER.get(task, ()):
+        if outer.state == LEADING and outer.batch.part is part:
+            return outer.batch
+    return None
+
+
 def _blocked(part: Partition, running: list[Batch]) -> set[int]:
     """The running batches (their ids) whose bulk section can never end while no slot frees.
 
@@ -152,6 +167,8 @@ def refuse_deadlock(part: Partition, call: Call) -> None:
     batch and fails with a RuntimeError instead of a deadlock.
     """
     origin = BULK.get()
+    if origin is None:
+        origin = _led_here(part)
     joined = call.batch
     sources = joined.origins
     if sources is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 from numbers import Real
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _closed_loops  # noqa: F401 # pyright: ignore[reportUnusedImport] -- installs the sweep of closed loops
 from ._batcher import Batcher
 from ._controls import Batched, Controls
 from ._options import (
     RENAMED,
+    Auto,
     check_callable,
     check_flag,
     check_limit,
@@ -40,7 +41,7 @@ def batch(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Batched[P, R]: ...
 @overload
 def batch(
     *,
-    max_window: float | timedelta = 0,
+    max_window: float | timedelta | Literal["auto"] | Auto = 0,
     max_size: int | None = 100,
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
@@ -54,7 +55,7 @@ def batch(
     fn: Any = None,
     /,
     *misplaced: object,
-    max_window: float | timedelta = 0,
+    max_window: float | timedelta | Literal["auto"] | Auto = 0,
     max_size: int | None = 100,
     group_by: Callable[..., Hashable] | None = None,
     dedupe: bool = False,
@@ -80,7 +81,11 @@ def batch(
     Args:
         fn: The ``async def`` function (bare ``@batch`` only).
         max_window: Seconds (a number or a ``datetime.timedelta``) a batch stays open at most;
-            ``0`` flushes on the next loop turn.
+            ``0`` flushes on the next loop turn. ``"auto"`` (or ``Auto(ceiling=...)``) tunes
+            the flush from what it observes: a batch is due on the next loop turn, and one due
+            while the tuner's in-flight limit is reached is held until a running batch ends
+            (at most a batch's estimated duration, or the ceiling); ``max_size`` and
+            ``max_concurrency`` bound it. ``stats().tuning`` shows its choices.
         max_size: Items per batch at most (``None``: no limit; ``1``: no batching).
         group_by: Called with each call's arguments; calls with different (hashable)
             results never share a batch.
@@ -166,7 +171,7 @@ def build(
     decorate = functools.partial(
         _decorate,
         threads=threads,
-        max_window=check_window(options["max_window"]),
+        max_window=check_window(options["max_window"], threads=threads),
         max_size=check_limit("max_size", options["max_size"]),
         group_by=check_callable("group_by", options["group_by"]),
         dedupe=check_flag("dedupe", options["dedupe"]),
@@ -183,7 +188,7 @@ def _decorate(
     fn: Any,
     *,
     threads: bool,
-    max_window: float,
+    max_window: float | Auto,
     max_size: int | None,
     group_by: Callable[..., Hashable] | None,
     dedupe: bool,

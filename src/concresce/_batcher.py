@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final, final
 from weakref import WeakSet
 
+from ._options import Auto
 from ._stats import Counters
+from ._tuner import Tuner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -41,14 +43,16 @@ class Batcher:
         "name",
         "observer",
         "partitions",
+        "tuner",
         "weight",
+        "window",
     )
 
     def __init__(
         self,
         name: str,
         *,
-        max_window: float,
+        max_window: float | Auto,
         max_size: int | None,
         group_by: Callable[..., Hashable] | None,
         dedupe: bool,
@@ -68,6 +72,7 @@ class Batcher:
         self.dedupe = dedupe
         self.weight = weight
         self.observer = observer
+        self.tuner: Tuner | None = None
         self.set_limits(max_window, max_size, max_concurrency, max_weight, max_pending)
         # (loop) or (loop, partition key) -> partition; entries exist only while active.
         self.partitions: dict[object, Partition] = {}
@@ -79,14 +84,25 @@ class Batcher:
 
     def set_limits(
         self,
-        max_window: float,
+        max_window: float | Auto,
         max_size: int | None,
         max_concurrency: int | None,
         max_weight: float | None,
         max_pending: int | None,
     ) -> None:
         """Set the options that ``configure()`` may change (validated by the caller)."""
-        self.max_window = max_window
+        self.window = max_window  # as given: configure() keeps it when not told otherwise
+        if isinstance(max_window, Auto):
+            # Every batch opens as a tick batch; the tuner decides when it is due (_tuner.py).
+            # Its estimates outlive a configure() that keeps "auto": the backend is the same.
+            self.max_window = 0.0
+            if self.tuner is None:
+                self.tuner = Tuner(max_window.seconds, max_concurrency)
+            else:
+                self.tuner.set_bounds(max_window.seconds, max_concurrency)
+        else:
+            self.max_window = max_window
+            self.tuner = None
         self.max_size = max_size
         self.max_concurrency = max_concurrency
         self.max_weight = max_weight

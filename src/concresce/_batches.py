@@ -46,7 +46,7 @@ DONE: Final[int] = 3  # routed, failed, discarded or abandoned
 class Partition:
     """The batches of one function on one event loop for one partition key."""
 
-    __slots__ = ("batcher", "key", "loop", "open", "pending", "running")
+    __slots__ = ("batcher", "held", "key", "loop", "open", "pending", "running")
 
     def __init__(self, batcher: Batcher, key: object, loop: Loop) -> None:
         self.batcher = batcher
@@ -59,6 +59,9 @@ class Partition:
         # Batches dispatched and not ended, each holding a concurrency slot. Which ones they
         # are is known from their leaders (running_batches()), so only a count is kept.
         self.running = 0
+        # With max_window="auto": the open batch, if it is due but held until a running batch
+        # ends (_tuner.py).
+        self.held: Batch | None = None
 
     def has_slot(self) -> bool:
         """Whether a due batch may be dispatched now without overtaking a queued one."""
@@ -103,6 +106,18 @@ class Partition:
         pending = self.pending
         while pending and (limit is None or self.running < limit):
             pending.popleft().dispatch()
+
+    def release_held(self) -> None:
+        """A batch ended: the batch held by the tuner goes now (group commit).
+
+        Unless the in-flight limit just went down to what is still running: then it waits
+        for the next end, or its hold to expire.
+        """
+        held = self.held
+        tuner = self.batcher.tuner
+        if held is not None and (tuner is None or self.running < tuner.limit):
+            held.cancel_timer()
+            held.on_held()
 
     def wake_drainers(self) -> None:
         """Wake the drain() calls waiting on this partition's loop: they look again."""
@@ -156,6 +171,7 @@ class Batch:
         "scan",
         "state",
         "trace",
+        "tuned",
         "weight",
     )
 
@@ -164,6 +180,7 @@ class Batch:
     dispatched: float  # the loop's time at the dispatch
     callers: list[Call]  # the members routed by scatter()
     direct: bool  # callers is members and each member's slot is its index
+    tuned: int  # with max_window="auto": the in-flight limit when it was due (its record's)
 
     def __init__(self, part: Partition) -> None:
         batcher = part.batcher
@@ -275,6 +292,8 @@ class Batch:
         part.batcher.counters.calls += len(self.members)
         if part.open is self:
             part.open = None
+        if part.held is self:
+            part.held = None
         if part.pending and self.queued:
             part.pending.remove(self)
         self.members = []
@@ -291,15 +310,40 @@ class Batch:
         self.due("window")
 
     def due(self, reason: FlushReason) -> None:
-        """Dispatch now, or queue for a concurrency slot."""
+        """Dispatch now, hold (``max_window="auto"``), or queue for a concurrency slot."""
         self.handle = None
         self.reason = reason
         part = self.part
+        tuner = part.batcher.tuner
+        if tuner is not None:
+            self.tuned = tuner.limit
+            running = part.running
+            if running:
+                hold = tuner.hold(running)
+                if hold:
+                    # Group commit: the tuner's in-flight limit is reached and more calls are
+                    # expected. The batch stays open and keeps collecting; the first batch to
+                    # end dispatches it (finish()), or the hold expires. The timer bounds the
+                    # wait even if no batch ever ends (a bulk section waiting for a call that
+                    # joined this batch cannot deadlock).
+                    part.held = self
+                    self.handle = part.loop.call_later(hold, self.on_held)
+                    return
         if part.has_slot():
             self.dispatch()
         else:
             # Every slot is busy. The batch stays open and keeps collecting (up to max_size)
             # while it waits; a finished batch dispatches it, in order.
+            part.enqueue(self)
+
+    def on_held(self) -> None:
+        """The hold ended (it expired, or a running batch ended): dispatch or queue now."""
+        self.handle = None
+        part = self.part
+        part.held = None
+        if part.has_slot():
+            self.dispatch()
+        else:
             part.enqueue(self)
 
     def close(self, reason: FlushReason) -> None:
@@ -329,6 +373,8 @@ class Batch:
         part = self.part
         if part.open is self:
             part.open = None
+        if part.held is self:  # filled or flushed while held
+            part.held = None
         self.queued = False
         self.cancel_timer()
         self.state = RUNNING
@@ -400,12 +446,18 @@ class Batch:
                 self.trace.end(self, outcome, error)  # in the leader: its span was current until now
             if batcher.observer is not None or OBSERVERS:
                 calls = len(self.members)
+            tuner = batcher.tuner
+            if tuner is not None:
+                end = self.dispatched + duration
+                tuner.ended(self.count, end - self.opened, duration, end, part.running)
         self.members = []
         self.callers = []
         # Free the slot: queued batches go in order while slots are free.
         part.running -= 1
         if part.pending:
             part.release()
+        if part.held is not None:
+            part.release_held()
         part.batch_ended()
         if calls >= 0:
             report(self, outcome, error, duration, calls)

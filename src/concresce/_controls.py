@@ -9,7 +9,7 @@ and bound like a method when it is one.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
 from ._batches import DONE, Partition
 from ._calls import MEMBER, calls_of
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._batcher import Batcher
     from ._batches import Batch
     from ._calls import Call
+    from ._options import Auto
     from ._runtime import Loop
     from ._stats import BatchStats
 
@@ -75,7 +76,7 @@ class Batched(Protocol[P, R]):  # pyright: ignore[reportInvalidTypeVarUse]
     def configure(
         self,
         *,
-        max_window: float | timedelta = ...,
+        max_window: float | timedelta | Literal["auto"] | Auto = ...,
         max_size: int | None = ...,
         max_concurrency: int | None = ...,
         max_weight: float | None = ...,
@@ -139,7 +140,13 @@ class Controls:
                 waiting.append(part.open)
             open_now += len(waiting)
             open_calls += sum(len(batch.members) for batch in waiting)
-        snapshot = batcher.counters.snapshot(open_calls=open_calls, open_now=open_now, in_flight_now=in_flight_now)
+        tuner = batcher.tuner
+        snapshot = batcher.counters.snapshot(
+            open_calls=open_calls,
+            open_now=open_now,
+            in_flight_now=in_flight_now,
+            tuning=None if tuner is None else tuner.tuning(),
+        )
         if reset:
             batcher.reset_counters()
         return snapshot
@@ -147,7 +154,7 @@ class Controls:
     def configure(
         self,
         *,
-        max_window: float | timedelta | _Unset = UNSET,
+        max_window: float | timedelta | Literal["auto"] | Auto | _Unset = UNSET,
         max_size: int | _Unset | None = UNSET,
         max_concurrency: int | _Unset | None = UNSET,
         max_weight: float | _Unset | None = UNSET,
@@ -163,7 +170,8 @@ class Controls:
 
         Args:
             max_window: Seconds (a number or a ``datetime.timedelta``) a batch stays open at
-                most (``0``: the next loop turn).
+                most (``0``: the next loop turn), or ``"auto"`` / ``Auto(ceiling=...)`` for the
+                self-tuning flush (switching to a number drops the tuner's estimates).
             max_size: Items per batch at most, or ``None``.
             max_concurrency: Batches of one partition in flight at most, or ``None``.
             max_weight: The weight budget of a batch, or ``None`` (needs ``weight=``).
@@ -183,7 +191,11 @@ class Controls:
         if unknown:  # the keyword of another release (window=), or a typo
             raise TypeError(unknown_option(f"{batcher.name}.configure()", next(iter(unknown)), _CONFIGURABLE))
         # Validate everything before changing anything.
-        window = batcher.max_window if isinstance(max_window, _Unset) else check_window(max_window)
+        window = (
+            batcher.window
+            if isinstance(max_window, _Unset)
+            else check_window(max_window, threads=batcher.home is not None)
+        )
         size = batcher.max_size if isinstance(max_size, _Unset) else check_limit("max_size", max_size)
         concurrency = (
             batcher.max_concurrency

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import difflib
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 from numbers import Real
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
     "RENAMED",
+    "Auto",
     "check_callable",
     "check_flag",
     "check_limit",
@@ -25,17 +27,75 @@ __all__ = [
 ]
 
 
-def check_window(value: object) -> float:
+@final
+@dataclass(frozen=True, slots=True)
+class Auto:
+    """``max_window=Auto(ceiling=...)``: the self-tuning flush, holding a batch at most ``ceiling``.
+
+    ``max_window="auto"`` is ``Auto()``: every batch is due on the next loop turn, and one
+    that is due while the function's in-flight limit is reached is held (keeps collecting)
+    until a running batch ends, for at most the estimated duration of a batch. ``ceiling``
+    caps that hold (see *Semantics*, "The self-tuning flush").
+
+    Attributes:
+        ceiling: The longest hold, in seconds (a number or a ``datetime.timedelta``, > 0 and
+            finite), or ``None``: no cap but the estimated batch duration.
+
+    Example:
+        ```python
+        @batch(max_window=Auto(ceiling=0.002), max_concurrency=8)
+        async def get_users(user_id: int) -> User: ...
+        ```
+
+    Added in version 0.3.
+    """
+
+    ceiling: float | timedelta | None = None
+
+    def __post_init__(self) -> None:
+        ceiling = self.ceiling
+        if ceiling is not None and not (check_seconds("ceiling", ceiling) > 0):
+            msg = f"Auto(ceiling=...) must be > 0 and finite, or None, got {ceiling!r}"
+            raise ValueError(msg)
+
+    @property
+    def seconds(self) -> float | None:
+        """The ceiling in seconds, or ``None``."""
+        ceiling = self.ceiling
+        return None if ceiling is None else check_seconds("ceiling", ceiling)
+
+
+def check_window(value: object, *, threads: bool = False) -> float | Auto:
+    """``max_window``: seconds, or an ``Auto`` (the spelling ``"auto"`` is ``Auto()``).
+
+    With ``threads`` (``concresce.threads``), seconds only: threads flush by group commit.
+    """
+    if threads and (isinstance(value, Auto) or (isinstance(value, str) and value == "auto")):
+        msg = (
+            f"max_window={value!r} is for async functions (concresce.batch); a thread-batched function "
+            "already adapts to its load by group commit: set max_concurrency to your pool size, and "
+            "max_window to a number of seconds if you want batches to wait"
+        )
+        raise ValueError(msg)
+    if isinstance(value, str) and value == "auto":
+        return Auto()
+    if isinstance(value, Auto):
+        return value
+    return check_seconds("max_window", value)
+
+
+def check_seconds(name: str, value: object) -> float:
     if isinstance(value, timedelta):
         # The spelling of other releases (`window=timedelta(milliseconds=5)`): stored as seconds.
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, Real):
-        msg = f"max_window must be a number of seconds or a datetime.timedelta (>= 0 and finite), got {value!r}"
+        also = ', "auto" or an Auto()' if name == "max_window" else ""
+        msg = f"{name} must be a number of seconds or a datetime.timedelta (>= 0 and finite){also}, got {value!r}"
         raise TypeError(msg)
     else:
         seconds = float(value)
     if not (seconds >= 0 and math.isfinite(seconds)):
-        msg = f"max_window must be >= 0 and finite, got {value!r}"
+        msg = f"{name} must be >= 0 and finite, got {value!r}"
         raise ValueError(msg)
     return seconds
 

@@ -52,6 +52,7 @@ TRACING: Final = Tracing()
 def report(batch: Batch, outcome: Outcome, error: BaseException | None, duration: float, calls: int) -> None:
     """Pass the batch's record to its function's observer and the global observers."""
     part = batch.part
+    tuner = part.batcher.tuner
     record = BatchRecord(
         function=part.batcher.name,
         partition=partition_label(part),
@@ -63,6 +64,8 @@ def report(batch: Batch, outcome: Outcome, error: BaseException | None, duration
         outcome=outcome,
         error=None if error is None else type(error),
         handovers=batch.handovers,
+        # A batch that filled before it was due was not limited: the limit then is the tuner's.
+        tuning=None if tuner is None else tuner.tuning(getattr(batch, "tuned", None)),
     )
     observers = list(OBSERVERS)
     if part.batcher.observer is not None:

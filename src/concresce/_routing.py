@@ -43,8 +43,12 @@ def take(batch: Batch, leader: Call) -> list[Any]:
         counters.batches += 1
         counters.flushes[batch.reason] += 1
         counters.wait_time.add(batch.dispatched - batch.opened)
-    if batcher.max_concurrency is not None:
-        batch.bulk = BULK.set(batch)  # the bulk section runs in this context from now on
+    if batcher.max_concurrency is not None or batcher.home is not None:
+        # The bulk section runs in this context from now on: a call it makes, or a task (a
+        # thread run in a copy of the context) it starts makes, is recognised by
+        # refuse_deadlock(). Threads mark it always: configure() may set a max_concurrency
+        # later (on asyncio a later limit recognises calls in the leader's task only).
+        batch.bulk = BULK.set(batch)
     members = batch.members
     if (
         batch.scan == 1  # the first member leads: no handover, it did not leave

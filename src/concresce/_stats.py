@@ -24,6 +24,7 @@ __all__ = [
     "Counters",
     "Histogram",
     "Summary",
+    "Tuning",
     "add_observer",
     "remove_observer",
 ]
@@ -74,6 +75,42 @@ class Summary:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Tuning:
+    """What ``max_window="auto"`` chooses, and the estimates it chooses from.
+
+    A batch due while ``in_flight_limit`` batches of its partition are in flight is held
+    (keeps collecting) until one of them ends, for at most ``hold_limit`` seconds, if at
+    least one more call is expected meanwhile (``arrival_rate * hold_limit >= 1``);
+    otherwise it is dispatched at once, as with ``max_window=0``.
+
+    Attributes:
+        in_flight_limit: Batches of one partition the tuner lets run at once before it holds
+            the next (hill-climbed on ``power``; within 1 and ``max_concurrency``).
+        hold_limit: The longest hold, in seconds: the estimated duration of a batch of
+            ``mean_size`` items, capped by ``Auto(ceiling=...)`` (0 before any estimate).
+        round_trip: Estimated seconds of a batch's fixed cost (the cost model's intercept).
+        per_item: Estimated seconds each item adds to a batch (the cost model's slope).
+        arrival_rate: Items per second, from the recent batch ends.
+        mean_size: The recent mean batch size.
+        power: The last epoch's throughput (items/s) divided by its mean item latency (s),
+            the score the in-flight limit climbs (0 before the first epoch).
+        batches: Batches the estimates were made from.
+
+    Added in version 0.3.
+    """
+
+    in_flight_limit: int
+    hold_limit: float
+    round_trip: float
+    per_item: float
+    arrival_rate: float
+    mean_size: float
+    power: float
+    batches: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class BatchStats:
     """A snapshot of one decorated function's batching, returned by ``fn.stats()``.
 
@@ -99,6 +136,8 @@ class BatchStats:
         batch_size: Items per dispatched batch, counted when the batch ends.
         wait_time: Seconds from a batch's first ``collect()`` to its dispatch.
         bulk_duration: Seconds from a batch's dispatch to its end (``scatter()`` or failure).
+        tuning: With ``max_window="auto"``, what the tuner chooses now and its estimates
+            (shared by the function's partitions); ``None`` otherwise.
 
     Added in version 0.3.
     """
@@ -116,6 +155,7 @@ class BatchStats:
     batch_size: Summary
     wait_time: Summary
     bulk_duration: Summary
+    tuning: Tuning | None = None
 
 
 @final
@@ -135,6 +175,8 @@ class BatchRecord:
         outcome: ``"ok"``, ``"error"`` or ``"handover"`` (see ``BatchStats``).
         error: The exception's type when ``outcome`` is ``"error"``, else ``None``.
         handovers: How many leaders left (cancelled) while they ran the bulk section.
+        tuning: With ``max_window="auto"``, the tuner's state when the batch ended, its
+            ``in_flight_limit`` the one in force when the batch was due; ``None`` otherwise.
 
     Added in version 0.3.
     """
@@ -149,6 +191,7 @@ class BatchRecord:
     outcome: Outcome
     error: type[BaseException] | None
     handovers: int
+    tuning: Tuning | None = None
 
 
 #: Observers of every decorated function, in registration order.
@@ -262,7 +305,9 @@ class Counters:
         self.wait_time = Histogram(SECONDS_BOUNDS)
         self.bulk_duration = Histogram(SECONDS_BOUNDS)
 
-    def snapshot(self, *, open_calls: int, open_now: int, in_flight_now: int) -> BatchStats:
+    def snapshot(
+        self, *, open_calls: int, open_now: int, in_flight_now: int, tuning: Tuning | None = None
+    ) -> BatchStats:
         """Return a frozen snapshot; ``open_calls`` are members of batches not dispatched yet."""
         return BatchStats(
             calls=self.calls + open_calls,
@@ -278,4 +323,5 @@ class Counters:
             batch_size=self.batch_size.summary(),
             wait_time=self.wait_time.summary(),
             bulk_duration=self.bulk_duration.summary(),
+            tuning=tuning,
         )

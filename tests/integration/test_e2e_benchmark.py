@@ -17,6 +17,7 @@ ROW_KEYS = {
     "seconds",
     "throughput_rps",
     "throughput_rps_rounds",
+    "latency_ms_rounds",
     "latency_ms",
     "queries",
     "queries_per_request",
@@ -26,41 +27,49 @@ ROW_KEYS = {
 }
 
 
-def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
-    """Two strategies at 1 and 8 clients: a well-formed report, and batching saves queries."""
+def tiny_run(script: Path, dsn: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script with unbatched, tick and auto at 1 and 8 clients, one short round each."""
     command = [
         sys.executable,
-        str(RUN),
-        f"--dsn={postgres_dsn}",
-        "--strategies=unbatched,tick",
+        str(script),
+        f"--dsn={dsn}",
+        "--strategies=unbatched,tick,auto",
         "--concurrency=1,8",
         "--rounds=1",
         "--warmup=0.1",
         "--duration=0.3",
-        f"--out={tmp_path}",
+        f"--out={out}",
         "--no-plot",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, check=False)  # noqa: S603
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
     assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
+    """Three strategies at 1 and 8 clients: a well-formed report, and batching saves queries."""
+    completed = tiny_run(RUN, postgres_dsn, tmp_path, timeout=60)
     assert (tmp_path / "latest.md").read_text(encoding="utf-8") == completed.stdout
     assert not (tmp_path / "latest.png").exists()
 
     result = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
     assert set(result) == {"meta", "results", "summary"}
-    assert result["meta"]["strategies"] == ["unbatched", "tick"]
+    assert result["meta"]["strategies"] == ["unbatched", "tick", "auto"]
     assert result["meta"]["items_per_request"] == 10
     rows = {(row["strategy"], row["concurrency"]): row for row in result["results"]}
-    assert set(rows) == {("unbatched", 1), ("tick", 1), ("unbatched", 8), ("tick", 8)}
+    assert set(rows) == {(s, c) for s in ("unbatched", "tick", "auto") for c in (1, 8)}
     for row in rows.values():
         assert set(row) == ROW_KEYS
         assert set(row["latency_ms"]) == LATENCY_KEYS
         assert row["requests"] > 0
         assert row["throughput_rps"] > 0
         assert len(row["throughput_rps_rounds"]) == 1
+        assert len(row["latency_ms_rounds"]) == 1
         assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"]
 
     for concurrency in (1, 8):
-        unbatched, tick = rows["unbatched", concurrency], rows["tick", concurrency]
+        unbatched, tick, auto = rows["unbatched", concurrency], rows["tick", concurrency], rows["auto", concurrency]
+        assert 0 < auto["queries"] <= auto["requests"]  # like tick: a request's lookups share a query
         # One query per lookup, ten lookups per request...
         assert unbatched["queries"] == 10 * unbatched["requests"]
         assert unbatched["items_per_query"] == 1
@@ -69,9 +78,10 @@ def test_e2e_benchmark_tiny_run(postgres_dsn, tmp_path):
         assert 0 < tick["queries"] <= tick["requests"]
         assert tick["queries_per_request"] < unbatched["queries_per_request"]
     assert rows["tick", 1]["queries"] == rows["tick", 1]["requests"]  # one client: nobody to share with
+    assert rows["auto", 1]["queries"] == rows["auto", 1]["requests"]
 
     summary = result["summary"]
-    assert summary["best_concresce_at_high"]["strategy"] == "tick"
+    assert summary["best_concresce_at_high"]["strategy"] in {"tick", "auto"}
     assert summary["high_concurrency"] == 8
 
 
@@ -107,3 +117,21 @@ def test_scaling_benchmark_with_two_workers_counts_every_worker(postgres_dsn, tm
         assert rows["unbatched"]["queries"] == 10 * rows["unbatched"]["requests"]
         assert 0 < rows["tick"]["queries"] <= rows["tick"]["requests"]
     assert "| `tick` | 2 |" in completed.stdout
+
+
+AUTO = RUN.with_name("auto.py")
+
+
+def test_auto_benchmark_tiny_run(postgres_dsn, tmp_path):
+    """auto.py, both variants, three strategies at 1 and 8 clients: every point, the targets and the tuner's choices."""
+    completed = tiny_run(AUTO, postgres_dsn, tmp_path, timeout=90)
+    assert (tmp_path / "auto.md").read_text(encoding="utf-8") == completed.stdout
+    result = json.loads((tmp_path / "auto.json").read_text(encoding="utf-8"))
+    points = {(row["variant"], row["strategy"], row["clients"]) for row in result["results"]}
+    assert points == {(v, s, c) for v in ("http", "db") for s in ("unbatched", "tick", "auto") for c in (1, 8)}
+    for row in result["results"]:
+        assert 0 < row["p50_ms"]["median"] <= row["p99_ms"]["median"]
+        assert row["throughput"]["median"] > 0
+        assert (row.get("tuning") is not None) == (row["variant"] == "db" and row["strategy"] == "auto")
+    assert [(t["variant"], t["clients"]) for t in result["targets"]] == [("http", 1), ("http", 8), ("db", 1), ("db", 8)]
+    assert "## What auto chose" in completed.stdout

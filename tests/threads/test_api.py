@@ -273,3 +273,20 @@ def test_a_bulk_section_calling_its_own_function_while_every_slot_is_held_is_ref
     with pytest.raises(RuntimeError, match=r"could never run \(a deadlock\)"):
         get(1)
     assert get(0) == 0
+
+
+def test_the_auto_flush_is_for_async_functions_and_threads_say_what_to_set_instead():
+    from concresce import Auto  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="already adapts to its load by group commit"):
+        batch(max_window="auto")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="is for async functions"):
+        batch(max_window=Auto())  # type: ignore[call-overload]
+
+    @batch
+    def get(x: int) -> int:
+        return scatter(collect(x))
+
+    with pytest.raises(ValueError, match="group commit"):
+        get.configure(max_window="auto")  # type: ignore[arg-type]
+    assert get.stats.__self__.batcher.max_window == 0

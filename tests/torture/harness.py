@@ -41,9 +41,10 @@ import traceback
 import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 from tests.support import gc_collect_harder, live_engine_objects, new_virtual_loop, partitions_of
+from tests.torture.functions import Arg, GroupError, Host, batch_options, function_for
 from tests.torture.schedules import (
     HAS_CANCELLING,
     TRIO_FAULTS,
@@ -54,22 +55,14 @@ from tests.torture.schedules import (
     draw_schedule,
     simpler,
 )
+from tests.torture.schedules_threads_api import draw_sync_schedule
 
 from concresce import BatchRoutingError, MissingResultError, OverloadedError, batch, collect, scatter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
 
-__all__ = [
-    "TOTALS",
-    "Failure",
-    "Totals",
-    "minimize",
-    "run_abandoned",
-    "run_one",
-    "run_threads",
-    "torture",
-]
+__all__ = ["TOTALS", "Failure", "Totals", "minimize", "run_abandoned", "run_one", "run_threads", "torture"]
 
 #: Schedule seconds after which a call that has not ended is taken to hang (virtual clock).
 HORIZON: Final = 1000.0
@@ -91,15 +84,6 @@ _TIMEOUT_ERRORS: Final = (TimeoutError, asyncio.TimeoutError)
 # --------------------------------------------------------------------------------------
 # Items, arguments, results and the exceptions of the schedule
 # --------------------------------------------------------------------------------------
-
-
-class Arg(NamedTuple):
-    """The argument of one call: its index, its group key and whether group_by fails for it."""
-
-    index: int
-    group: int
-    group_fails: bool
-    fancy_key: bool  # group_by returns a GroupKey (whose repr() raises for group 2)
 
 
 class Item:
@@ -135,27 +119,6 @@ class DedupeItem(Item):
         return hash((self.value, self.part))
 
 
-class GroupKey:
-    """A ``group_by`` key whose ``repr()`` raises for group 2 (observers format partition keys)."""
-
-    __slots__ = ("group",)
-
-    def __init__(self, group: int) -> None:
-        self.group = group
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GroupKey) and other.group == self.group
-
-    def __hash__(self) -> int:
-        return hash(self.group)
-
-    def __repr__(self) -> str:
-        if self.group == 2:
-            msg = "GroupKey(2) has no repr"
-            raise ValueError(msg)
-        return f"GroupKey({self.group})"
-
-
 class TortureError(Exception):
     """An exception made by the schedule; its message names the run (``[run N]``)."""
 
@@ -184,16 +147,8 @@ class KeyFunctionError(TortureError):
     """What ``scatter(key=...)``'s key function raises."""
 
 
-class GroupError(Exception):
-    """What ``group_by`` raises for a call planned to fail there."""
-
-
 class SiblingError(Exception):
     """What the failing sibling task of a ``TaskGroup`` raises."""
-
-
-class ObserverError(Exception):
-    """What the observer raises for some batch records."""
 
 
 NO_SCATTER: Final = "<returned without scatter()>"
@@ -223,79 +178,19 @@ async def _body(host: object, arg: Arg) -> Any:
     return await RUNNER.get().body(host, arg)
 
 
-def _group_of(*args: Any, **kwargs: Any) -> object:
-    arg: Arg = kwargs["arg"] if "arg" in kwargs else args[-1]
-    if arg.group_fails:
-        msg = f"group_by fails for call {arg.index}"
-        raise GroupError(msg)
-    return GroupKey(arg.group) if arg.fancy_key else arg.group
+def _make_function(kind: tuple[bool, ...]) -> Any:
+    """The ``async def`` batched function of a kind (see ``functions.function_for()``)."""
+    decorate = batch(**batch_options(kind))
+    if kind[1]:  # a method
 
-
-def _weight_of(item: Item) -> float:
-    return item.weight
-
-
-_observed = itertools.count()
-
-
-def _observe(record: object) -> None:
-    if next(_observed) % 5 == 0:
-        msg = f"observer fails for {record!r}"
-        raise ObserverError(msg)
-
-
-#: One batched function per kind of options, kept across schedules and loops (and shared by
-#: the threads of run_threads()): state of finished schedules and closed loops must not stay.
-_FUNCTIONS: dict[tuple[bool, ...], Any] = {}
-_FUNCTIONS_LOCK: Final = threading.Lock()
-
-
-def function_for(options: Options, *, configure: bool = True) -> tuple[Any, type[Any] | None]:
-    """The batched function for ``options`` (configured with them), and its class for a method."""
-    kind = (options.group_by, options.method, options.dedupe, options.max_weight is not None, options.observer)
-    with _FUNCTIONS_LOCK:
-        made = _FUNCTIONS.get(kind)
-        if made is None:
-            made = _FUNCTIONS[kind] = _make_function(*kind)
-    fn = made.work if isinstance(made, type) else made
-    if not configure:
-        return fn, made if isinstance(made, type) else None
-    fn.configure(
-        max_window=options.max_window,
-        max_size=options.max_size,
-        max_concurrency=options.max_concurrency,
-        max_weight=options.max_weight,
-        max_pending=options.max_pending,
-    )
-    return fn, made if isinstance(made, type) else None
-
-
-def _make_function(group_by: bool, method: bool, dedupe: bool, weighted: bool, observer: bool) -> Any:
-    decorate = batch(
-        group_by=_group_of if group_by else None,
-        dedupe=dedupe,
-        weight=_weight_of if weighted else None,
-        max_weight=1.0 if weighted else None,
-        observer=_observe if observer else None,
-    )
-    if method:
-
-        class Host:
-            """Calls on different instances never share a batch."""
-
-            __slots__ = ("__weakref__", "number")
-
-            def __init__(self, number: int) -> None:
-                self.number = number
-
-            def __repr__(self) -> str:
-                return f"Host({self.number})"
+        class Method(Host):
+            __slots__ = ()
 
             @decorate
             async def work(self, arg: Arg) -> Any:
                 return await _body(self, arg)
 
-        return Host
+        return Method
 
     @decorate
     async def work(arg: Arg) -> Any:
@@ -470,7 +365,7 @@ class Runner:
         self.scale = scale
         self.sabotage = sabotage  # misroute on purpose (to test the oracle)
         self.ident = next(_runner_ids)
-        self.fn, self.host_class = function_for(options, configure=configure)
+        self.fn, self.host_class = function_for(options, _make_function, configure=configure)
         self.hosts = [self.host_class(n) for n in range(2)] if self.host_class is not None else []
         self.item_class = DedupeItem if options.dedupe else Item
         self.records = [
@@ -1409,14 +1304,14 @@ def run_one(
 ) -> tuple[list[str], Totals]:
     """Run ``schedule`` on a fresh loop of ``mode``; return its problems and totals.
 
-    Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+),
-    ``uvloop`` (real clock, times scaled down), ``trio`` (a ``trio.run`` on a MockClock,
-    ``harness_trio.py``).
+    Modes: ``default`` (virtual clock), ``eager`` (virtual clock, eager tasks on 3.12+), ``uvloop``
+    (real clock, times scaled down), ``trio`` (``harness_trio.py``), ``sync`` (``harness_threads_api.py``).
     """
-    if mode == "trio":
-        from tests.torture.harness_trio import run_trio  # noqa: PLC0415 -- it imports this module
+    if mode in {"trio", "sync"}:
+        from tests.torture import harness_threads_api, harness_trio  # noqa: PLC0415 -- they import this module
 
-        return run_trio(schedule, sabotage=sabotage, check_table=check_table)
+        run = harness_trio.run_trio if mode == "trio" else harness_threads_api.run_sync
+        return run(schedule, sabotage=sabotage, check_table=check_table)
     if schedule.stop is not None:
         return run_abandoned(schedule)
     totals = Totals(schedules=1, calls=len(schedule.calls))
@@ -1547,7 +1442,7 @@ def run_threads(schedules: list[list[tuple[str, Schedule]]]) -> tuple[list[str],
     lock = threading.Lock()
     loop_refs: list[weakref.ref[Any]] = []
     hooks = Hooks()
-    fn, _ = function_for(schedules[0][0][1].options)
+    fn, _ = function_for(schedules[0][0][1].options, _make_function)
     trio_baseline: set[int] | None = None
     if any(label.startswith("threads-trio") for mine in schedules for label, _ in mine):
         from tests.torture import harness_trio  # noqa: PLC0415 -- it imports this module
@@ -1638,6 +1533,8 @@ def schedule_for(mode: str, seed: str, index: int, options: Options | None = Non
     (``threads_options()``), which they are drawn with unless ``options`` is given.
     """
     rng = random.Random(f"{seed}/{mode}/{index}")  # noqa: S311 -- a test schedule, not a secret
+    if mode == "sync":  # the thread API (schedules_threads_api.py)
+        return draw_sync_schedule(rng)
     if options is None and mode in {"threads", "threads-trio"}:
         options = threads_options(seed, index - index % (THREADS * PER_THREAD))
     return draw_schedule(rng, features_for(mode), options)

@@ -16,7 +16,8 @@ The size of the run comes from the environment:
 * ``CONCRESCE_TORTURE_SEED``: the seed (default ``concresce``; any string).
 
 Modes: asyncio's default loop, eager tasks, uvloop, threads and loops closed by hand
-(``harness.py``), and trio (``harness_trio.py``), each with its share of the calls.
+(``harness.py``), trio (``harness_trio.py``) and the thread API, ``concresce.threads``, called
+from a pool of threads (``sync``, ``harness_threads_api.py``), each with its share of the calls.
 
 With ``CONCRESCE_TORTURE_CALLS`` set, the totals (calls, schedules, hangs, misroutes, leaks)
 are printed at the end of the pytest run. See docs/torture.md.
@@ -26,14 +27,17 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 import trio
 import trio.lowlevel
-from tests.torture import harness_trio
+from tests.torture import harness_threads_api, harness_trio
 from tests.torture.harness import Failure, run_one, schedule_for, torture
+from tests.torture.harness_threads_api import SyncRunner
 from tests.torture.harness_trio import TrioRunner
 from tests.torture.schedules import CallPlan, LeaderPlan, Options, Schedule
+from tests.torture.schedules_threads_api import SyncSchedule
 
 #: Calls over the whole file, and the seed.
 CALLS = int(os.environ.get("CONCRESCE_TORTURE_CALLS", "3000"))
@@ -44,15 +48,16 @@ UVLOOP = sys.platform != "win32"
 
 #: Each mode's share of the calls; eager tasks' share goes to the default loop before 3.12.
 SHARES = {
-    "default": 0.35 if EAGER else 0.55,
-    "eager": 0.20 if EAGER else 0.0,
+    "default": 0.31 if EAGER else 0.49,
+    "eager": 0.18 if EAGER else 0.0,
     "uvloop": 0.05,
-    "threads": 0.12,
-    "abandon": 0.13,
+    "threads": 0.11,
+    "abandon": 0.12,
     "trio": 0.15,
+    "sync": 0.08,
 }
 #: Calls per second at the least (the real clock of uvloop is the slowest), for time-outs.
-SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500, "trio": 300}
+SLOWEST_RATE = {"default": 500, "eager": 500, "uvloop": 200, "threads": 400, "abandon": 500, "trio": 300, "sync": 200}
 
 
 def calls_of(mode: str) -> int:
@@ -120,6 +125,13 @@ def test_every_call_gets_exactly_its_outcome_on_trio():
     report(failures, "trio")
 
 
+@timeout_of("sync")
+def test_every_call_gets_exactly_its_outcome_on_threads_with_the_thread_api():
+    """concresce.threads from a pool of threads: time-outs, interruptions, handovers, controls; no thread hangs."""
+    _, failures = torture("sync", SEED, calls_of("sync"))
+    report(failures, "sync")
+
+
 @pytest.mark.parametrize("mode", ["default", "trio"])
 def test_the_oracle_reports_a_misrouted_result(mode):
     """The checker is not vacuous: a bulk section that routes the results in reverse is reported as misroutes."""
@@ -132,6 +144,43 @@ def test_the_oracle_reports_a_misrouted_result(mode):
     assert problems == []
     problems, totals = run_one(schedule, mode, sabotage=True)
     assert totals.misroutes == 4, problems
+
+
+def test_the_thread_api_oracle_reports_a_misrouted_result():
+    """The sync mode's checker is not vacuous either: results routed in reverse are misroutes."""
+    schedule = SyncSchedule(
+        options=Options(max_window=20.0, max_size=4),  # one batch: full at 4 (the window is a second)
+        calls=tuple(CallPlan(value=value) for value in range(4)),
+        threads=4,
+    )
+    problems, _ = run_one(schedule, "sync")
+    assert problems == []
+    problems, totals = run_one(schedule, "sync", sabotage=True)
+    assert totals.misroutes == 4, problems
+
+
+def test_a_thread_api_call_that_never_ends_is_reported_as_a_hang(monkeypatch):
+    """A bulk section that blocks past the bound is a hang of its schedule, not a stuck test."""
+    release = threading.Event()
+
+    def stuck(runner: SyncRunner, run: object) -> None:
+        release.wait(10)
+
+    monkeypatch.setattr(SyncRunner, "lead", stuck)
+    monkeypatch.setattr(harness_threads_api, "HANG_BOUND", 0.3)
+    schedule = SyncSchedule(
+        options=Options(max_window=20.0, max_size=2), calls=(CallPlan(), CallPlan(value=1)), threads=2
+    )
+    try:
+        problems, totals = run_one(schedule, "sync", check_table=False)
+    finally:
+        release.set()  # the threads end (the leader returns without scatter())
+        for thread in threading.enumerate():
+            if thread.name == harness_threads_api.THREAD_NAME:
+                thread.join(10)
+    assert totals.hangs >= 1, problems
+    assert "'in the bulk section of run 0'" in problems[0], problems
+    assert "'in collect()'" in problems[0], problems  # its follower
 
 
 @pytest.mark.parametrize("structure", [None, "taskgroup"])

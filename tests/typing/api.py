@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from typing_extensions import assert_type
 
 from concresce import (
+    Auto,
     Batched,
     BatchRecord,
     BatchRoutingError,
@@ -21,6 +22,7 @@ from concresce import (
     MissingResultError,
     OverloadedError,
     Summary,
+    Tuning,
     add_observer,
     batch,
     collect,
@@ -113,6 +115,9 @@ async def controls() -> None:
     assert_type(Repository.by_class.stats(), BatchStats)
     bare.configure(max_window=0.01, max_size=None, max_concurrency=2, max_pending=100)
     bare.configure(max_window=timedelta(milliseconds=5))
+    bare.configure(max_window="auto")
+    bare.configure(max_window=Auto(ceiling=0.002))
+    assert_type(bare.stats().tuning, Tuning | None)
     assert_type(bare.flush(), int)
     await bare.drain()
     await Repository().get.drain()
@@ -127,6 +132,7 @@ def observe(record: BatchRecord) -> None:
     assert_type(record.outcome, Literal["ok", "error", "handover"])
     del outcome
     assert_type(record.error, "type[BaseException] | None")
+    assert_type(record.tuning, Tuning | None)
 
 
 @batch(weight=len, max_weight=4096, max_pending=1000, observer=observe)
@@ -148,6 +154,9 @@ def errors() -> None:
 batch(max_window="0.1")  # type: ignore[call-overload]
 batch(max_size=1.5)  # type: ignore[call-overload]
 batch(max_window=timedelta(milliseconds=5))
+batch(max_window="auto", max_concurrency=4)
+batch(max_window=Auto(ceiling=timedelta(milliseconds=2)))
+batch(max_window="Auto")  # type: ignore[call-overload]
 batch(0.05, 100)  # type: ignore[call-overload]
 batch(window=timedelta(milliseconds=5))  # type: ignore[call-overload]
 
