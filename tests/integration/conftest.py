@@ -30,6 +30,26 @@ Fixtures:
   accepts connections (its lifespan startup done), and raises if it fails to start within
   30 s. Every server the test started is shut down when the test ends. The call blocks
   while the server starts (a few milliseconds), so an async test may call it directly.
+* ``serve_wsgi``: a factory serving WSGI apps (Flask...) with waitress, a threaded server::
+
+      base_url = serve_wsgi(app)  # "http://127.0.0.1:PORT", already accepting connections
+      base_url = serve_wsgi(app, threads=16)  # extra waitress options
+
+  Like ``serve_asgi``: on 127.0.0.1, a port the OS picks, its main loop in a thread of its
+  own and its requests in waitress's worker threads; every server is shut down when the
+  test ends.
+* ``postgres_schema``: ``with postgres_schema() as (dsn, options)``: a new schema on the
+  ``postgres_dsn`` server, dropped (with everything in it) at the end; ``options`` is the
+  libpq ``options`` value that makes it a connection's ``search_path``.
+* ``table_lock``: ``with table_lock(dsn, "users") as lock``: another connection holds an
+  ``ACCESS EXCLUSIVE`` lock on the table, so every query on it waits in PostgreSQL until
+  ``lock.release()`` (or the end of the block); ``lock.waiting()`` counts the queries waiting.
+* ``eventually``: ``eventually(condition, what)`` polls ``condition()`` until it is true, and
+  fails the test after 20 s: for what happens in other threads or in a server, where there
+  is nothing to wait on.
+* ``joined_calls``: ``joined = joined_calls(fn)``, then ``joined()`` is how many calls of the
+  batched ``fn`` joined a batch since (from ``fn.stats()``, which counts every instance of a
+  method).
 * ``load_example``: ``load_example("redis_cache")`` imports ``examples/redis_cache.py``
   (examples are scripts, not a package) and returns the module.
 
@@ -50,11 +70,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import uvicorn
+import waitress.server
+from psycopg import sql
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Generator, Iterator
@@ -76,6 +99,7 @@ if sys.platform != "win32":
 
 SERVER_START_TIMEOUT: Final = 30.0
 SERVER_STOP_TIMEOUT: Final = 10.0
+POLL_TIMEOUT: Final = 20.0
 
 
 def on_ci() -> bool:
@@ -224,25 +248,172 @@ class _ThreadedServer:
         host, port = listener.sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def stop(self) -> None:
+        self.server.should_exit = True  # uvicorn checks it every 0.1 s
 
-@pytest.fixture
-def serve_asgi() -> Iterator[Callable[..., str]]:
-    """Factory: ``serve_asgi(app, **uvicorn_options)`` serves ``app``, returns its base URL."""
-    servers: list[_ThreadedServer] = []
+
+class _Server(Protocol):
+    """A test server running in a thread of its own (``_ThreadedServer``, ``_WaitressServer``)."""
+
+    thread: threading.Thread
+
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+def _serving(kind: str, server_class: Callable[[Any, dict[str, Any]], _Server]) -> Iterator[Callable[..., str]]:
+    """A fixture's body: a factory that serves apps, and every server stopped at the end."""
+    servers: list[_Server] = []
 
     def serve(app: Any, **options: Any) -> str:
-        server = _ThreadedServer(app, options)
+        server = server_class(app, options)
         servers.append(server)
         return server.start()
 
     yield serve
     for server in servers:
-        server.server.should_exit = True  # uvicorn checks it every 0.1 s
+        server.stop()
     for server in servers:
         server.thread.join(SERVER_STOP_TIMEOUT)
     if any(server.thread.is_alive() for server in servers):
-        msg = f"an ASGI server did not stop within {SERVER_STOP_TIMEOUT} s"
+        msg = f"a test server ({kind}) did not stop within {SERVER_STOP_TIMEOUT} s"
         raise RuntimeError(msg)
+
+
+@pytest.fixture
+def serve_asgi() -> Iterator[Callable[..., str]]:
+    """Factory: ``serve_asgi(app, **uvicorn_options)`` serves ``app``, returns its base URL."""
+    yield from _serving("ASGI", _ThreadedServer)
+
+
+class _WaitressServer:
+    """A waitress server: its main loop in a thread of its own, its requests in its workers."""
+
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        # Binds and listens at once: connections wait in the backlog until run() accepts them.
+        self.server = waitress.server.create_server(app, **{"host": "127.0.0.1", "port": 0, **options})
+        self.thread = threading.Thread(target=self.server.run, name="waitress test server", daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        return f"http://{self.server.effective_host}:{self.server.effective_port}"
+
+    def stop(self) -> None:
+        # The thunk runs in the main loop's thread (the only one that may touch its channels):
+        # closing every channel, the listener and the trigger empties the map, which ends run().
+        def close_all() -> None:
+            for channel in list(self.server._map.values()):  # the loop's channels
+                channel.close()
+
+        self.server.trigger.pull_trigger(close_all)
+        # The workers end once their current request is done (none is, when a test ends).
+        self.server.task_dispatcher.shutdown(timeout=SERVER_STOP_TIMEOUT)
+
+
+@pytest.fixture
+def serve_wsgi() -> Iterator[Callable[..., str]]:
+    """Factory: ``serve_wsgi(app, **waitress_options)`` serves ``app``, returns its base URL."""
+    yield from _serving("WSGI", _WaitressServer)
+
+
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_dsn: str) -> Callable[[], contextlib.AbstractContextManager[tuple[str, str]]]:
+    """``with postgres_schema() as (dsn, options)``: a schema of its own, dropped at the end.
+
+    ``options`` is the libpq ``options`` value (``psycopg.connect(dsn, options=options)``, or
+    a pool's ``kwargs``) that puts the new schema first on the connection's ``search_path``.
+    """
+
+    @contextlib.contextmanager
+    def make() -> Iterator[tuple[str, str]]:
+        name = f"concresce_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        try:
+            yield postgres_dsn, f"-c search_path={name}"
+        finally:
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+    return make
+
+
+class TableLock:
+    """A connection's ``ACCESS EXCLUSIVE`` lock on a table: every other query on it waits."""
+
+    def __init__(self, connection: psycopg.Connection[Any], table: str) -> None:
+        self.connection = connection
+        # psycopg opens a transaction with the first statement; the lock lasts until its end.
+        connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+        self.released = False
+
+    def waiting(self) -> int:
+        """How many queries of other connections wait for a lock right now."""
+        # pg_stat_activity is read once per transaction, and this connection stays in the
+        # transaction that holds the lock: without a new snapshot, every call would see what
+        # the first one saw.
+        self.connection.execute("SELECT pg_stat_clear_snapshot()")
+        row = self.connection.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"""
+        ).fetchone()
+        assert row is not None
+        count: int = row[0]
+        return count
+
+    def release(self) -> None:
+        """End the lock's transaction: the waiting queries run."""
+        if not self.released:
+            self.released = True
+            self.connection.rollback()
+
+
+@pytest.fixture(scope="session")
+def table_lock() -> Callable[..., contextlib.AbstractContextManager[TableLock]]:
+    """``with table_lock(dsn, table, **connect_options) as lock``: see :class:`TableLock`."""
+
+    @contextlib.contextmanager
+    def lock(dsn: str, table: str, **connect_options: Any) -> Iterator[TableLock]:
+        with psycopg.connect(dsn, **connect_options) as connection:
+            held = TableLock(connection, table)
+            try:
+                yield held
+            finally:
+                held.release()
+
+    return lock
+
+
+@pytest.fixture(scope="session")
+def eventually() -> Callable[[Callable[[], bool], str], None]:
+    """``eventually(condition, what)``: poll ``condition`` until true; fail after ``POLL_TIMEOUT`` s.
+
+    For what happens in other threads or in a server, where there is nothing to wait on.
+    """
+
+    def wait(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + POLL_TIMEOUT
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {POLL_TIMEOUT} s waiting for {what}")
+            time.sleep(0.002)
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def joined_calls() -> Callable[[Any], Callable[[], int]]:
+    """``joined = joined_calls(fn)``; ``joined()``: calls of ``fn`` that joined a batch since.
+
+    ``fn`` is a batched function or method (thread or async); a method's counters are those
+    of every instance (``stats()`` is per function).
+    """
+
+    def since_now(function: Any) -> Callable[[], int]:
+        before: int = function.stats().calls
+        return lambda: function.stats().calls - before
+
+    return since_now
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,10 @@ class BlockedUsersTable:
 
     async def waiting_queries(self) -> int:
         """How many queries wait for the lock right now."""
+        # pg_stat_activity is read once per transaction, and this connection stays in the
+        # transaction that holds the lock: without a new snapshot, every call would see what
+        # the first one saw.
+        await self.conn.execute("SELECT pg_stat_clear_snapshot()")
         count: int = await self.conn.fetchval(
             """SELECT count(*) FROM pg_stat_activity
                WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users%'"""
