@@ -309,7 +309,12 @@ def _check_function(fn: object, *, threads: bool) -> None:
         raise TypeError(msg)
     asynchronous = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
     if threads and callable(fn) and not asynchronous and not inspect.isgeneratorfunction(fn):
-        return
+        # A callable object: what its __call__ is decides.
+        call = _call_of(fn)
+        kinds = (inspect.iscoroutinefunction, inspect.isasyncgenfunction, inspect.isgeneratorfunction)
+        if call is fn or not any(kind(call) for kind in kinds):
+            return
+        fn = call
     if not threads and inspect.iscoroutinefunction(fn):
         return
     if isinstance(fn, Real):
@@ -322,6 +327,13 @@ def _check_function(fn: object, *, threads: bool) -> None:
     else:
         msg = _not_for_threads(fn) if threads else _not_async(fn)
     raise TypeError(msg)
+
+
+def _call_of(fn: object) -> object:
+    """What runs when ``fn`` is called: ``fn`` itself, or a callable object's ``__call__``."""
+    if inspect.isroutine(fn):
+        return fn
+    return inspect.getattr_static(type(fn), "__call__", None)
 
 
 def _not_for_threads(fn: object) -> str:

@@ -154,7 +154,9 @@ def unknown_option(where: str, name: str, options: tuple[str, ...]) -> str:
 
 
 def check_timeout(what: str, value: object) -> float:
-    """A time-out of the thread API (``collect()``, ``drain()``): seconds >= 0, finite."""
+    """A time-out of the thread API (``collect()``, ``drain()``): seconds >= 0, finite, or a timedelta."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, Real):
         msg = f"{what}'s timeout must be a number of seconds or None, got {value!r}"
         raise TypeError(msg)

@@ -241,8 +241,19 @@ def _members(error: BaseException) -> tuple[BaseException, ...] | None:
     return None
 
 
+#: Fields that built-in exceptions keep outside their arguments, their ``__dict__`` and slots.
+_C_FIELDS: Final[tuple[tuple[type[BaseException], tuple[str, ...]], ...]] = (
+    (OSError, ("filename", "filename2")),
+    (ImportError, ("name", "path")),
+)
+
+
 def _copy_state(error: BaseException, copy: BaseException) -> None:
-    """Copy the attributes of ``error`` (its ``__dict__`` and its slots) onto ``copy``."""
+    """Copy the attributes of ``error`` (its ``__dict__``, its slots, C-level fields) onto ``copy``."""
+    for kind, fields in _C_FIELDS:
+        if isinstance(error, kind):
+            for name in fields:
+                setattr(copy, name, getattr(error, name))
     state = getattr(error, "__dict__", None)
     if state:
         # What the copy has already stays: a group's own members (the 3.10 backport keeps

@@ -109,6 +109,11 @@ def _misuse(call: Call, state: int) -> str:
     name = call.batcher.name
     if state == SCATTERED:
         return f"{name}: scatter() was already called for this batch; call it once, with every result"
+    if state in {IDLE, NESTED} and call.batcher.home is not None:
+        return (
+            f"{name}: scatter() was called before this call called collect(): write "
+            "`items = collect(item)` first, then `return scatter(results)`"
+        )
     if state in {IDLE, NESTED}:
         return (
             f"{name}: scatter() was called before this call awaited collect(): is `await` missing "

@@ -6,10 +6,12 @@ partition (there is one loop, the function's), and ``drain()`` blocks the callin
 
 from __future__ import annotations
 
+import os
 from _thread import get_ident
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, final, overload
 
-from ._calls import calls_of
+from ._batcher import BATCHERS
+from ._calls import CALLS, OUTER, calls_of
 from ._controls import UNSET, Controls, in_progress, settled
 from ._options import check_timeout
 
@@ -200,3 +202,28 @@ class ThreadControls:
             finally:
                 with loop.lock:
                     batcher.drainers.remove(fut)
+
+
+def _start_afresh_after_fork() -> None:
+    """In a child process made by ``os.fork()``: no batch of the parent's threads goes on.
+
+    Only the thread that forked exists in the child; the calls of the others, their batches,
+    and a lock one of them may have held at the fork would wait for ever. Each thread-batched
+    function starts with a new lock and no partitions, and the other threads' calls are
+    forgotten.
+    """
+    me = get_ident()
+    for batcher in list(BATCHERS):
+        loop: ThreadLoop | None = batcher.home
+        if loop is not None:
+            loop.reset_lock()
+            batcher.partitions.clear()
+            batcher.drainers.clear()
+    for task in list(CALLS):
+        if isinstance(task, int) and task != me:
+            CALLS.pop(task, None)
+            OUTER.pop(task, None)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch -- every POSIX CPython has it
+    os.register_at_fork(after_in_child=_start_afresh_after_fork)

@@ -155,10 +155,14 @@ class ThreadLoop:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.reset_lock()
+        self.clock: Clock = _REAL_CLOCK
+
+    def reset_lock(self) -> None:
+        """Take a new lock (at creation, and in a child process after ``os.fork()``)."""
         self.lock = RLock()
         #: Whether the current thread holds the lock (``_thread.RLock``'s own test, in C).
         self.holds: Callable[[], bool] = getattr(self.lock, "_is_owned")  # noqa: B009 -- not in typeshed
-        self.clock: Clock = _REAL_CLOCK
 
     def refuse_reentry(self, what: str) -> None:
         """Refuse ``what``, which would wait, when the current thread holds the lock."""

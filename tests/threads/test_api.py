@@ -145,7 +145,7 @@ def test_collect_twice_and_scatter_twice_or_by_a_follower_are_refused():
     def early(x: int) -> int:
         return scatter([x])
 
-    with pytest.raises(RuntimeError, match="before this call awaited collect"):
+    with pytest.raises(RuntimeError, match="before this call called collect"):
         early(1)
 
 
@@ -327,3 +327,39 @@ def test_the_same_chain_is_refused_on_asyncio():
             await asyncio.wait_for(rec(2), 10)
 
     asyncio.run(main())
+
+
+def test_a_callable_object_whose_call_is_async_or_a_generator_is_refused():
+    class AsyncCall:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    class GeneratorCall:
+        def __call__(self, x: int):
+            yield x
+
+    with pytest.raises(TypeError, match=r"got the `async def`.*concresce\.batch"):
+        batch(AsyncCall())
+    with pytest.raises(TypeError, match="generator function"):
+        batch(GeneratorCall())
+
+
+def test_scatter_before_collect_in_a_thread_batched_call_does_not_talk_of_await():
+    @batch
+    def early(x: int) -> int:
+        return scatter([x])
+
+    with pytest.raises(RuntimeError, match=r"called before this call called collect\(\)") as info:
+        early(1)
+    assert "await collect" not in str(info.value)
+
+
+def test_time_outs_may_be_timedeltas():
+    from datetime import timedelta  # noqa: PLC0415
+
+    @batch
+    def get(x: int) -> int:
+        return scatter(collect(x, timeout=timedelta(seconds=1)))
+
+    assert get(3) == 3
+    get.drain(timeout=timedelta(milliseconds=10))

@@ -267,3 +267,27 @@ def test_an_interrupt_right_after_a_call_joined_leaves_no_member_behind(monkeypa
     assert [leader.join(), follower.join()] == [0, 2]
     assert log == [("bulk", [0]), ("bulk", [2])]
     assert get.stats().cancellations == 1
+
+
+def test_a_followers_copy_of_an_os_error_keeps_its_file_names():
+    @batch(max_concurrency=1)
+    def read(x: int) -> int:
+        xs = collect(x)
+        gate("bulk", xs)
+        if len(xs) > 1:
+            raise FileNotFoundError(2, "No such file or directory", "/missing/a", None, "/missing/b")
+        return scatter(xs)
+
+    log: list[object] = []
+    gate = Gate(log)
+    clock = virtual_clock(read)
+    leader, callers = held(read, clock, gate, 0, 1, 2)
+    gate.open()
+    assert leader.join() == 0
+    errors = []
+    for caller in callers:
+        with pytest.raises(FileNotFoundError) as info:
+            caller.join()
+        errors.append(info.value)
+    assert [(e.errno, e.filename, e.filename2) for e in errors] == [(2, "/missing/a", "/missing/b")] * 2
+    assert all("/missing/a" in str(e) for e in errors)

@@ -84,3 +84,36 @@ def test_a_thread_batched_call_inside_an_asyncio_task_is_keyed_by_its_thread_not
         return await outer(1)
 
     assert asyncio.run(main()) == 2
+
+
+def test_a_child_process_forked_while_a_batch_runs_starts_afresh():
+    import os  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from tests.threads.kit import gated  # noqa: PLC0415
+
+    get, gate, _ = gated(max_concurrency=1)
+    leader = threading.Thread(target=get, args=(0,))
+    leader.start()
+    gate.wait_reached()  # its batch runs, holding the only slot, as the process forks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking a process with threads
+        pid = os.fork()
+    if pid == 0:  # the child: a new thread's call must not wait for the parent's batch
+        code = 1
+        try:
+            gate.open()  # the gate's events are the child's copies now
+            done = threading.Event()
+            worker = threading.Thread(target=lambda: (get(5), done.set()))
+            worker.start()
+            code = 0 if done.wait(PATIENCE) and get.stats().in_flight_now == 0 else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 2 * PATIENCE
+    while (status := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.open()
+    leader.join(PATIENCE)
+    assert status[0] == pid, "the child did not end"
+    assert os.waitstatus_to_exitcode(status[1]) == 0
