@@ -253,7 +253,9 @@ def _copy_state(error: BaseException, copy: BaseException) -> None:
     for kind, fields in _C_FIELDS:
         if isinstance(error, kind):
             for name in fields:
-                setattr(copy, name, getattr(error, name))
+                value = getattr(error, name)
+                if value is not None:  # set, even to None, an OSError's field changes its str()
+                    setattr(copy, name, value)
     state = getattr(error, "__dict__", None)
     if state:
         # What the copy has already stays: a group's own members (the 3.10 backport keeps

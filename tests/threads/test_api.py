@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 
 import pytest
 from tests.threads.kit import Caller, Gate, gated, virtual_clock
@@ -363,3 +364,72 @@ def test_time_outs_may_be_timedeltas():
 
     assert get(3) == 3
     get.drain(timeout=timedelta(milliseconds=10))
+
+
+def test_a_call_from_another_functions_bulk_section_waits_for_a_slot_like_any_call():
+    """Not a deadlock: the caller leads a batch of another function, which holds no slot here."""
+    import asyncio  # noqa: PLC0415
+
+    order: list[str] = []
+
+    @concresce.batch(max_concurrency=1)
+    async def inner(x: int) -> int:
+        items = await concresce.collect(x)
+        order.append(f"inner {items}")
+        if x == 0:
+            started.set()
+            await held.wait()
+        return concresce.scatter(items)
+
+    @concresce.batch
+    async def outer(x: int) -> int:
+        items = await concresce.collect(x)
+        result = await inner(x)  # every slot of inner is held: it waits, and is served
+        return concresce.scatter([result for _ in items])
+
+    async def main() -> None:
+        holder = asyncio.ensure_future(inner(0))
+        await started.wait()
+        caller = asyncio.ensure_future(outer(1))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        held.set()
+        assert await asyncio.wait_for(asyncio.gather(holder, caller), 10) == [0, 1]
+
+    held = asyncio.Event()
+    started = asyncio.Event()
+    asyncio.run(main())
+    assert order == ["inner [0]", "inner [1]"]
+
+
+def test_a_forked_childs_fresh_start_gives_new_locks_and_forgets_other_threads_calls():
+    from concresce._calls import CALLS  # noqa: PLC0415
+    from concresce._thread_controls import _start_afresh_after_fork  # noqa: PLC0415
+
+    @batch
+    def get(x: int) -> int:
+        return scatter(collect(x))
+
+    @concresce.batch
+    async def unaffected(x: int) -> int:  # an async function: no lock, its partitions are per loop
+        return concresce.scatter(await concresce.collect(x))
+
+    loop = get.stats.__self__.batcher.home
+    lock = loop.lock
+    ghost = -12345  # a thread of the parent's that does not exist in the child
+    task = object()  # a task of an event loop, which the fork hook leaves alone
+    me = threading.get_ident()  # the thread that forked: its own call stays
+    for key in (ghost, task, me):
+        CALLS[key] = object()  # type: ignore[assignment]
+    try:
+        _start_afresh_after_fork()
+        assert ghost not in CALLS
+        assert task in CALLS
+        assert me in CALLS
+    finally:
+        for key in (ghost, task, me):
+            CALLS.pop(key, None)
+    assert loop.lock is not lock
+    assert not loop.holds()
+    assert get(4) == 4
+    assert unaffected.stats.__self__.batcher.home is None

@@ -291,3 +291,25 @@ def test_a_followers_copy_of_an_os_error_keeps_its_file_names():
         errors.append(info.value)
     assert [(e.errno, e.filename, e.filename2) for e in errors] == [(2, "/missing/a", "/missing/b")] * 2
     assert all("/missing/a" in str(e) for e in errors)
+
+
+def test_a_followers_copy_of_an_import_error_keeps_its_name_and_path():
+    @batch(max_concurrency=1)
+    def load(x: int) -> int:
+        xs = collect(x)
+        gate("bulk", xs)
+        if len(xs) > 1:
+            message = "no plugin"
+            raise ImportError(message, name="plugin", path="/plugins/plugin.py")
+        return scatter(xs)
+
+    log: list[object] = []
+    gate = Gate(log)
+    clock = virtual_clock(load)
+    leader, callers = held(load, clock, gate, 0, 1, 2)
+    gate.open()
+    assert leader.join() == 0
+    for caller in callers:
+        with pytest.raises(ImportError) as info:
+            caller.join()
+        assert (info.value.name, info.value.path, info.value.args) == ("plugin", "/plugins/plugin.py", ("no plugin",))
