@@ -269,9 +269,10 @@ def thread_ended_by_error(call: Call) -> bool:
 def thread_ended_by_return(call: Call) -> None:
     """``ended_by_return()`` for a thread-batched call, under its function's lock."""
     if call.state == LEADING:
-        with call.batcher.home.lock:
+        with call.batcher.home.lock:  # it fails the batch, which the other threads see
             ended_by_return(call)
-    ended_by_return(call)
+    else:
+        ended_by_return(call)
 
 
 def ended_by_return(call: Call) -> None:
